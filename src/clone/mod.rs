@@ -1,0 +1,448 @@
+//! The clone ladder: every file of an operation goes to the first rung that works for its class.
+//!
+//! - immutable files (guest memory: `memory-range*`, `mem`, `*.mem`): FICLONE, hardlink, copy
+//! - every other file (disks, metadata): FICLONE, copy; a file the VM may write is never linked
+//!
+//! A rung is skipped only when the kernel says it is impossible here (`sys::clone_unsupported`,
+//! `sys::link_unsupported`); any other error fails the operation. Once a rung has said so, the
+//! rest of the operation's files skip it without asking again. Before anything is copied, the
+//! target's free space is checked against the bytes to copy, and `require_cow` refuses to copy at
+//! all. Files are cloned in parallel. [`run`] is the only entry point: save, clone and export
+//! all go through it.
+
+pub(crate) mod probe;
+pub(crate) mod sparse;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Cleanup};
+use crate::sys;
+use crate::types::{CloneMethod, FileReport};
+
+/// Mode of a file the ladder creates; the store makes its own files read-only afterwards.
+const CREATE_MODE: u32 = 0o644;
+
+/// The file names cloud-hypervisor and Firecracker give guest memory.
+pub const DEFAULT_IMMUTABLE_PATTERNS: &[&str] = &["memory-range*", "mem", "*.mem"];
+
+/// Which files of a snapshot are immutable: written once, then only read (guest memory).
+///
+/// Only immutable files may be hardlinked; every other file may be written by the VM.
+#[derive(Debug, Clone)]
+pub struct FileClasses {
+    immutable: GlobSet,
+    patterns: Vec<String>,
+}
+
+impl FileClasses {
+    /// Classes whose immutable files are those matching any of `patterns` (shell globs on the
+    /// file name).
+    ///
+    /// # Errors
+    /// [`Error::InvalidFileName`] naming a pattern that is not a valid glob.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<FileClasses> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let pattern = pattern.as_ref();
+            let glob = Glob::new(pattern).map_err(|_| Error::InvalidFileName {
+                dir: PathBuf::from("<immutable file patterns>"),
+                name: pattern.to_string(),
+            })?;
+            builder.add(glob);
+        }
+        let immutable = builder.build().map_err(|_| Error::InvalidFileName {
+            dir: PathBuf::from("<immutable file patterns>"),
+            name: patterns
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<_>>()
+                .join(","),
+        })?;
+        Ok(FileClasses {
+            immutable,
+            patterns: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
+        })
+    }
+
+    /// Whether the file named `name` is never written after the snapshot is taken.
+    pub fn is_immutable(&self, name: &str) -> bool {
+        self.immutable.is_match(name)
+    }
+
+    /// The patterns these classes were built from.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+impl Default for FileClasses {
+    fn default() -> FileClasses {
+        FileClasses::new(DEFAULT_IMMUTABLE_PATTERNS).expect("the default patterns are valid globs")
+    }
+}
+
+/// One file to clone: `src` goes to `<dst_dir>/<name>`.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) name: String,
+    pub(crate) src: PathBuf,
+    pub(crate) immutable: bool,
+}
+
+/// What the caller allows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Immutable files may be hardlinked.
+    pub(crate) allow_hardlink: bool,
+    /// Fail rather than copy any file.
+    pub(crate) require_cow: bool,
+}
+
+/// Which rungs are still worth trying in this operation.
+struct Rungs {
+    reflink: AtomicBool,
+    hardlink: AtomicBool,
+}
+
+/// Clones every job into `dst_dir`, which must exist; returns one report per job, in job order.
+///
+/// Every file created is fsynced, and so is `dst_dir`. On any error, every file this call
+/// created is removed and the error names the file that failed.
+///
+/// # Errors
+/// [`Error::CowRequired`] when `require_cow` is set and a file would need a copy,
+/// [`Error::NoSpace`] when the copies would not fit, [`Error::Clone`] / [`Error::Io`] otherwise.
+pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: Options) -> Result<Vec<FileReport>> {
+    let created = Mutex::new(Cleanup::new());
+    let record = |path: &Path| lock(&created).push(path.to_path_buf());
+    let rungs = Rungs {
+        reflink: AtomicBool::new(true),
+        hardlink: AtomicBool::new(true),
+    };
+
+    // First the rungs that copy no data, so the space check knows what is left to copy.
+    let cheap = parallel(jobs, |job| {
+        let dst = dst_dir.join(&job.name);
+        cheap_clone(job, &dst, opts, &rungs, &record)
+    })?;
+
+    let to_copy: Vec<&Job> = jobs
+        .iter()
+        .zip(&cheap)
+        .filter(|(_, done)| done.is_none())
+        .map(|(job, _)| job)
+        .collect();
+    if let Some(job) = to_copy.first() {
+        if opts.require_cow {
+            return Err(Error::CowRequired {
+                path: job.src.clone(),
+            });
+        }
+        check_space(&to_copy, dst_dir)?;
+    }
+    let copied = parallel(&to_copy, |job| {
+        copy_file(job, &dst_dir.join(&job.name), &record)
+    })?;
+
+    fsutil::fsync_dir(dst_dir)?;
+    let mut copied = copied.into_iter();
+    let reports = cheap
+        .into_iter()
+        .map(|done| match done {
+            Some(report) => Some(report),
+            None => copied.next(),
+        })
+        .collect::<Option<Vec<_>>>()
+        .expect("one copy report per job left to copy");
+    match created.into_inner() {
+        Ok(cleanup) => cleanup.disarm(),
+        Err(poisoned) => poisoned.into_inner().disarm(),
+    }
+    Ok(reports)
+}
+
+/// FICLONE, then (for an immutable file, when allowed) a hardlink; `None` when neither works.
+fn cheap_clone(
+    job: &Job,
+    dst: &Path,
+    opts: Options,
+    rungs: &Rungs,
+    record: &(dyn Fn(&Path) + Sync),
+) -> Result<Option<FileReport>> {
+    if rungs.reflink.load(Ordering::Relaxed) {
+        let src = fsutil::open(&job.src)?;
+        let len = metadata_len(&src, &job.src)?;
+        let out = fsutil::create_new(dst, CREATE_MODE)?;
+        record(dst);
+        match sys::ficlone(&out, &src) {
+            Ok(()) => {
+                out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
+                return Ok(Some(report(job, CloneMethod::Reflink, len)));
+            }
+            Err(e) if sys::clone_unsupported(&e) => {
+                rungs.reflink.store(false, Ordering::Relaxed);
+                std::fs::remove_file(dst).map_err(|e| Error::io("remove", dst, e))?;
+            }
+            Err(source) => return Err(clone_error(CloneMethod::Reflink, job, dst, source)),
+        }
+    }
+    if job.immutable && opts.allow_hardlink && rungs.hardlink.load(Ordering::Relaxed) {
+        match sys::hard_link(&job.src, dst) {
+            Ok(()) => {
+                record(dst);
+                let len = fsutil::symlink_metadata(dst)?.len();
+                return Ok(Some(report(job, CloneMethod::Hardlink, len)));
+            }
+            Err(e) if sys::link_unsupported(&e) => rungs.hardlink.store(false, Ordering::Relaxed),
+            Err(source) => return Err(clone_error(CloneMethod::Hardlink, job, dst, source)),
+        }
+    }
+    Ok(None)
+}
+
+/// The last rung: a hole-preserving copy, fsynced.
+fn copy_file(job: &Job, dst: &Path, record: &(dyn Fn(&Path) + Sync)) -> Result<FileReport> {
+    let src = fsutil::open(&job.src)?;
+    let len = metadata_len(&src, &job.src)?;
+    let out = fsutil::create_new(dst, CREATE_MODE)?;
+    record(dst);
+    sparse::copy(&src, &out, len)
+        .and_then(|_| out.sync_all())
+        .map_err(|source| clone_error(CloneMethod::Copy, job, dst, source))?;
+    Ok(report(job, CloneMethod::Copy, len))
+}
+
+/// Fails before anything is copied when the copies would not fit in `dst_dir`'s filesystem.
+fn check_space(jobs: &[&Job], dst_dir: &Path) -> Result<()> {
+    let mut needed = 0u64;
+    for job in jobs {
+        let meta = fsutil::symlink_metadata(&job.src)?;
+        // A hole-preserving copy allocates what the source allocates, never more than its size
+        // rounded up to a block.
+        needed += (meta.blocks() * 512).min(meta.len().next_multiple_of(4096));
+    }
+    let available = sys::fs_stat(dst_dir)
+        .map_err(|e| Error::io("statfs", dst_dir, e))?
+        .available;
+    if needed > available {
+        return Err(Error::NoSpace {
+            path: dst_dir.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+fn metadata_len(file: &std::fs::File, path: &Path) -> Result<u64> {
+    Ok(file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len())
+}
+
+fn report(job: &Job, method: CloneMethod, bytes: u64) -> FileReport {
+    FileReport {
+        name: job.name.clone(),
+        method,
+        bytes,
+    }
+}
+
+fn clone_error(method: CloneMethod, job: &Job, dst: &Path, source: std::io::Error) -> Error {
+    Error::Clone {
+        method,
+        src: job.src.clone(),
+        dst: dst.to_path_buf(),
+        source,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic in another worker is re-raised by `parallel`; the data itself is still sound.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` on every item on up to one thread per core; results in item order. After the first
+/// error no new item is started, and the first error in item order is returned.
+pub(crate) fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .min(items.len());
+    if workers <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut results: Vec<Option<Result<R>>> = Vec::new();
+    results.resize_with(items.len(), || None);
+    let results = Mutex::new(results);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = f(item);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    lock(&results)[i] = Some(result);
+                }
+            });
+        }
+    });
+    let results = results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = Vec::with_capacity(items.len());
+    for result in results {
+        match result {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(e)) => return Err(e),
+            // Not started because an earlier item failed; that error comes later in the list.
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn job(dir: &Path, name: &str, bytes: &[u8], immutable: bool) -> Job {
+        let src = dir.join(name);
+        std::fs::write(&src, bytes).unwrap();
+        Job {
+            name: name.to_string(),
+            src,
+            immutable,
+        }
+    }
+
+    #[test]
+    fn default_classes_match_memory_files_only() {
+        let c = FileClasses::default();
+        for name in ["memory-range-0", "memory-range-12", "mem", "vm.mem"] {
+            assert!(c.is_immutable(name), "{name}");
+        }
+        for name in [
+            "overlay.qcow2",
+            "cow.raw",
+            "config.json",
+            "memo",
+            "mem.json",
+            "data-x.raw",
+        ] {
+            assert!(!c.is_immutable(name), "{name}");
+        }
+        assert!(FileClasses::new(&["[bad"]).is_err());
+    }
+
+    /// On the test machine's ext4 temp dir there is no reflink: memory hardlinks, disks copy.
+    #[test]
+    fn without_reflink_memory_links_and_disks_copy() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        if sys::fs_name(sys::fs_stat(dst.path()).unwrap().magic) != "ext4" {
+            eprintln!("SKIPPED: temp dir is not ext4; the cow tests cover reflink filesystems");
+            return;
+        }
+        let jobs = [
+            job(src.path(), "memory-range-0", &[7; 10000], true),
+            job(src.path(), "disk.raw", &[9; 5000], false),
+        ];
+        let opts = Options {
+            allow_hardlink: true,
+            require_cow: false,
+        };
+        let reports = run(&jobs, dst.path(), opts).unwrap();
+        assert_eq!(reports[0].method, CloneMethod::Hardlink);
+        assert_eq!(reports[1].method, CloneMethod::Copy);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&jobs[0].src), ino(&dst.path().join("memory-range-0")));
+        assert_ne!(ino(&jobs[1].src), ino(&dst.path().join("disk.raw")));
+        assert_eq!(
+            std::fs::read(dst.path().join("disk.raw")).unwrap(),
+            vec![9; 5000]
+        );
+    }
+
+    #[test]
+    fn require_cow_fails_and_leaves_nothing() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        if sys::fs_name(sys::fs_stat(dst.path()).unwrap().magic) != "ext4" {
+            eprintln!("SKIPPED: temp dir is not ext4");
+            return;
+        }
+        let jobs = [
+            job(src.path(), "mem", &[1; 100], true),
+            job(src.path(), "disk.raw", &[2; 100], false),
+        ];
+        let opts = Options {
+            allow_hardlink: true,
+            require_cow: true,
+        };
+        let err = run(&jobs, dst.path(), opts).unwrap_err();
+        assert!(
+            matches!(&err, Error::CowRequired { path } if path.ends_with("disk.raw")),
+            "{err:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dst.path()).unwrap().count(),
+            0,
+            "the hardlinked mem is gone too"
+        );
+    }
+
+    #[test]
+    fn a_missing_source_fails_naming_it_and_removes_the_rest() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let mut jobs = vec![
+            job(src.path(), "a", b"a", false),
+            job(src.path(), "b", b"b", false),
+        ];
+        jobs.push(Job {
+            name: "gone".into(),
+            src: src.path().join("gone"),
+            immutable: false,
+        });
+        let opts = Options {
+            allow_hardlink: false,
+            require_cow: false,
+        };
+        let err = run(&jobs, dst.path(), opts).unwrap_err();
+        assert!(err.to_string().contains("gone"), "{err}");
+        assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn parallel_keeps_order_and_returns_the_first_error() {
+        let items: Vec<u32> = (0..50).collect();
+        let out = parallel(&items, |i| Ok(i * 2)).unwrap();
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        let err = parallel(&items, |&i| {
+            if i == 7 {
+                Err(Error::NotFound {
+                    reference: "7".into(),
+                })
+            } else {
+                Ok(i)
+            }
+        });
+        assert!(matches!(err, Err(Error::NotFound { reference }) if reference == "7"));
+    }
+}

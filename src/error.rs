@@ -1,0 +1,208 @@
+//! The one public error type of snapstore.
+//!
+//! Every variant names the path, ref or snapshot it is about; the underlying cause, when there is
+//! one, is the `#[source]`, so `main.rs` can print the chain without repeating it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::types::SnapshotId;
+
+/// What went wrong, with the path or ref it went wrong on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No complete snapshot matches the ref.
+    #[error("no snapshot matches {reference:?}")]
+    NotFound {
+        /// The ref as given.
+        reference: String,
+    },
+
+    /// An ID prefix matches more than one snapshot.
+    #[error("ref {reference:?} is ambiguous: it is a prefix of {}", join_ids(.matches))]
+    Ambiguous {
+        /// The ref as given.
+        reference: String,
+        /// Every ID it is a prefix of.
+        matches: Vec<SnapshotId>,
+    },
+
+    /// The name is already held by another snapshot (complete or still being created).
+    #[error("snapshot name {name:?} is already taken by {id}")]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// The snapshot holding it.
+        id: SnapshotId,
+    },
+
+    /// The snapshot is leased by a reader (a clone, an export, a `data_dir` caller) or a creator.
+    #[error("snapshot {id} is in use")]
+    InUse {
+        /// The snapshot that is leased.
+        id: SnapshotId,
+    },
+
+    /// A directory was expected to carry `snapshot.json` and does not.
+    #[error("snapshot.json missing in {}", .dir.display())]
+    EnvelopeMissing {
+        /// The directory without an envelope.
+        dir: PathBuf,
+    },
+
+    /// `snapshot.json` is not valid JSON of the envelope's shape.
+    #[error("malformed snapshot envelope {}", .path.display())]
+    EnvelopeInvalid {
+        /// The envelope file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// `snapshot.json` carries a version other than 1.
+    #[error("unsupported snapshot envelope version {version} in {} (want 1)", .path.display())]
+    EnvelopeVersion {
+        /// The envelope file.
+        path: PathBuf,
+        /// The version it carries.
+        version: u64,
+    },
+
+    /// A file the envelope lists is not in the directory.
+    #[error("{name} listed by the envelope is missing from {}", .dir.display())]
+    ListedFileMissing {
+        /// The directory that should hold it.
+        dir: PathBuf,
+        /// The missing file's name.
+        name: String,
+    },
+
+    /// A data file name is not one plain path component (it has a `/`, is `..`, is empty, ...).
+    #[error("invalid data file name {name:?} in {}", .dir.display())]
+    InvalidFileName {
+        /// Where the name came from (a directory or an envelope).
+        dir: PathBuf,
+        /// The name.
+        name: String,
+    },
+
+    /// A config file is not valid config JSON (nor an envelope).
+    #[error("malformed snapshot config {}", .path.display())]
+    ConfigInvalid {
+        /// The config file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A file could only be copied, and the caller forbade copying.
+    #[error("cannot clone {} without copying its data (copy forbidden by --require-cow)", .path.display())]
+    CowRequired {
+        /// The source file that would have needed a copy.
+        path: PathBuf,
+    },
+
+    /// The target filesystem has less free space than the bytes to copy.
+    #[error("not enough space in {}: {needed} bytes to copy, {available} available", .path.display())]
+    NoSpace {
+        /// The target directory.
+        path: PathBuf,
+        /// Bytes the copy would allocate.
+        needed: u64,
+        /// Bytes free for an unprivileged writer.
+        available: u64,
+    },
+
+    /// The index file exists but cannot be read as an index; it is never replaced.
+    #[error("corrupt snapshot index {}: refusing to touch it", .path.display())]
+    CorruptIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A target directory must be new or empty and is not.
+    #[error("target directory {} is not empty", .path.display())]
+    TargetNotEmpty {
+        /// The target directory.
+        path: PathBuf,
+    },
+
+    /// A path that must be a directory is something else.
+    #[error("{} is not a directory", .path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// A store operation that this version does not implement yet.
+    #[error("{operation} is not supported yet")]
+    Unsupported {
+        /// The operation, for example `tar export`.
+        operation: &'static str,
+    },
+
+    /// A rung of the clone ladder failed for a reason other than "not possible here".
+    #[error("cannot {method} {} to {}", .src.display(), .dst.display())]
+    Clone {
+        /// The rung that failed.
+        method: crate::types::CloneMethod,
+        /// The file being cloned.
+        src: PathBuf,
+        /// Where it was going.
+        dst: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A system call on a path failed.
+    #[error("cannot {op} {}", .path.display())]
+    Io {
+        /// What was being done: `open`, `clone`, `rename`, ...
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A blocking task of the async API panicked or was cancelled.
+    #[error("store task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// `Result` with snapstore's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::Io`] for `op` on `path`.
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The errno behind this error, when it came from the kernel.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } | Error::Clone { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+fn join_ids(ids: &[SnapshotId]) -> String {
+    ids.iter()
+        .map(SnapshotId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,205 @@
+//! `std::fs` wrappers that put the path into the error, a durable `write_atomic`, and a guard that
+//! removes what a failed operation created.
+//!
+//! Modelled on cargo's `cargo_util::paths`: "equivalent to `std::fs::X` with better error
+//! messages". Everything that touches a path in snapstore goes through here or `sys`.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Mode of a data file in the store once its snapshot is complete.
+pub(crate) const READ_ONLY: u32 = 0o444;
+
+/// Opens `path` for reading.
+pub(crate) fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::io("open", path, e))
+}
+
+/// Creates `path`, which must not exist, for writing with `mode` (before umask).
+pub(crate) fn create_new(path: &Path, mode: u32) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))
+}
+
+/// Reads a whole file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io("read", path, e))
+}
+
+/// The metadata of `path` itself, not of what a symlink points to.
+pub(crate) fn symlink_metadata(path: &Path) -> Result<fs::Metadata> {
+    fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))
+}
+
+/// Creates a directory and its missing parents.
+pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))
+}
+
+/// Creates one directory, which must not exist, with `mode` (before umask).
+pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|e| Error::io("create directory", path, e))
+}
+
+/// Renames `from` to `to`; the error names the source.
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
+}
+
+/// Removes a directory tree.
+pub(crate) fn remove_dir_all(path: &Path) -> Result<()> {
+    fs::remove_dir_all(path).map_err(|e| Error::io("remove", path, e))
+}
+
+/// Sets a path's permission bits.
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", path, e))
+}
+
+/// Flushes a directory's entries to disk.
+pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
+    sys::fsync_dir(path).map_err(|e| Error::io("fsync", path, e))
+}
+
+/// The names in a directory, sorted, with their metadata (not following symlinks).
+pub(crate) fn list_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, fs::Metadata)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| Error::io("stat", &entry.path(), e))?;
+        out.push((entry.file_name(), meta));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Whether `dir` has no entries; a missing dir counts as empty.
+pub(crate) fn is_missing_or_empty(dir: &Path) -> Result<bool> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(Error::NotADirectory {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("read directory", dir, e)),
+    }
+}
+
+/// Replaces `path` with `bytes` so that a reader, or a crash, sees the old content or the new,
+/// never a mix: a temp file in the same directory, fsync, rename over `path`, fsync of the dir.
+///
+/// cargo's `paths::write_atomic` skips both fsyncs, which is fine for a build cache and not for
+/// an index that must survive power loss.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create temp file in", dir, e))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("replace", path, e.error))?;
+    fsync_dir(dir)
+}
+
+/// Removes the paths it holds when dropped, unless [`Cleanup::disarm`]ed first: what a failed
+/// operation created disappears by construction, not by cleanup code on every error path.
+#[derive(Debug, Default)]
+pub(crate) struct Cleanup {
+    paths: Vec<PathBuf>,
+}
+
+impl Cleanup {
+    /// A guard that removes nothing yet.
+    pub(crate) fn new() -> Cleanup {
+        Cleanup::default()
+    }
+
+    /// Removes `path` (a file or a whole directory) on drop.
+    pub(crate) fn push(&mut self, path: PathBuf) {
+        self.paths.push(path);
+    }
+
+    /// The operation succeeded: keep everything.
+    pub(crate) fn disarm(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Last in, first out: files before the directory that holds them.
+        for path in self.paths.drain(..).rev() {
+            let removed = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+                Ok(_) => fs::remove_file(&path),
+                Err(_) => Ok(()),
+            };
+            // Nothing to return an error to from a drop; the path is left for gc to find.
+            let _ = removed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        write_atomic(&path, b"one", 0o644).unwrap();
+        write_atomic(&path, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn cleanup_removes_unless_disarmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("keep");
+        let gone = dir.path().join("gone");
+        fs::create_dir(&gone).unwrap();
+        fs::write(gone.join("f"), b"x").unwrap();
+        fs::write(&keep, b"x").unwrap();
+        {
+            let mut c = Cleanup::new();
+            c.push(gone.clone());
+        }
+        let mut c = Cleanup::new();
+        c.push(keep.clone());
+        c.disarm();
+        assert!(!gone.exists());
+        assert!(keep.exists());
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let err = open(Path::new("/nonexistent/snapstore-x")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/snapstore-x"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! snapstore: a local snapshot store for virtual machines, built on reflinks.
+//!
+//! A VM snapshot is a flat directory of a few large files (guest memory, a sparse copy-on-write
+//! disk) and some small ones. snapstore keeps each snapshot as per-file clones in a per-ID data
+//! directory and clones it back out in milliseconds, by the first rung of the clone ladder that
+//! works: FICLONE (btrfs, XFS), then a hardlink for files never written again (guest memory),
+//! then a copy that keeps holes.
+//!
+//! The on-disk layout and the index are those of cocoon's localfile snapshot backend, so
+//! snapstore can manage a cocoon root. Read the modules in order to see the whole design:
+//! types → index → resolve → envelope → clone ladder → store.
+//!
+//! ```no_run
+//! # async fn demo() -> snapstore::Result<()> {
+//! use snapstore::{CloneOptions, CloneSource, Config, LocalFile, SaveOptions, Snapshot};
+//!
+//! let store = LocalFile::open("/var/lib/snapstore")?;
+//! let config = Config { name: "base".into(), ..Config::default() };
+//! let saved = store.create(config, "/run/vm1/snapshot".into(), SaveOptions::default()).await?;
+//! let clone = store
+//!     .clone_to_dir(CloneSource::Ref("base".into()), "/run/vm2".into(), CloneOptions::default())
+//!     .await?;
+//! for file in &clone.files {
+//!     println!("{} {} {}", file.name, file.method, file.bytes);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod clone;
+mod envelope;
+mod error;
+mod fsutil;
+mod index;
+mod resolve;
+mod store;
+mod sys;
+mod types;
+
+pub use crate::clone::probe::Capabilities;
+pub use crate::clone::{DEFAULT_IMMUTABLE_PATTERNS, FileClasses};
+pub use crate::envelope::{ENVELOPE_FILE, ENVELOPE_VERSION, Envelope, read as read_envelope};
+pub use crate::error::{Error, Result};
+pub use crate::store::{
+    CloneOptions, CloneReport, CloneSource, CreateReport, Direct, DirectoryExporter, Layout, Lease,
+    LocalFile, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
+};
+pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};

@@ -1,0 +1,76 @@
+//! Where everything lives under a store root `R`, laid out as cocoon's localfile backend:
+//!
+//! ```text
+//! R/snapshot/db/snapshots.json     the index
+//! R/snapshot/db/snapshots.lock     flock'd around every index read-modify-write
+//! R/snapshot/localfile/ID/         a snapshot's data files, flat
+//! R/snapshot/localfile/ID.lease    its lease (a file: cocoon's gc takes unknown dirs for orphans)
+//! R/snapshot/staging/ID/           a snapshot being created, on the same filesystem
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::types::SnapshotId;
+
+/// The paths of a store rooted at one directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `R/snapshot`.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.root.join("snapshot")
+    }
+
+    /// `R/snapshot/db`.
+    pub fn db_dir(&self) -> PathBuf {
+        self.snapshot_dir().join("db")
+    }
+
+    /// `R/snapshot/db/snapshots.json`.
+    pub fn index_file(&self) -> PathBuf {
+        self.db_dir().join("snapshots.json")
+    }
+
+    /// `R/snapshot/db/snapshots.lock`.
+    pub fn index_lock(&self) -> PathBuf {
+        self.db_dir().join("snapshots.lock")
+    }
+
+    /// `R/snapshot/localfile`: the data dirs.
+    pub fn data_root(&self) -> PathBuf {
+        self.snapshot_dir().join("localfile")
+    }
+
+    /// `R/snapshot/localfile/ID`.
+    pub fn data_dir(&self, id: &SnapshotId) -> PathBuf {
+        self.data_root().join(id.as_str())
+    }
+
+    /// `R/snapshot/localfile/ID.lease`.
+    pub fn lease_file(&self, id: &SnapshotId) -> PathBuf {
+        self.data_root().join(format!("{id}.lease"))
+    }
+
+    /// `R/snapshot/staging`: snapshots being created, and scratch files.
+    pub fn staging_root(&self) -> PathBuf {
+        self.snapshot_dir().join("staging")
+    }
+
+    /// `R/snapshot/staging/ID`.
+    pub fn staging_dir(&self, id: &SnapshotId) -> PathBuf {
+        self.staging_root().join(id.as_str())
+    }
+}

@@ -1,0 +1,636 @@
+//! The localfile backend: snapshots as per-file clones in per-ID data directories.
+//!
+//! Creation is atomic: a pending record claims the ID and name, the files are cloned into a
+//! staging dir on the same filesystem, fsynced and made read-only, the staging dir is renamed
+//! into `localfile/ID`, and only then is the record marked complete. A failure at any step
+//! removes what was made and the pending record with it; a crash leaves a pending record and at
+//! most an orphan dir, neither of which is ever listed or resolved.
+
+use std::ffi::OsString;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clone::{self, FileClasses, Job};
+use crate::envelope::{self, ENVELOPE_FILE, Envelope};
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Cleanup};
+use crate::index::{Index, IndexLock};
+use crate::resolve;
+use crate::store::{
+    CloneOptions, CloneReport, CloneSource, CreateReport, Direct, DirectoryExporter, Layout, Lease,
+    SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
+};
+use crate::sys;
+use crate::types::{CloneMethod, Config, FileReport, Record, SnapshotId, gotime, is_plain_name};
+
+/// Mode of the store's directories.
+const DIR_MODE: u32 = 0o750;
+
+/// The local-filesystem snapshot store. Cheap to clone; every clone shares one root.
+#[derive(Debug, Clone)]
+pub struct LocalFile {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    layout: Layout,
+    classes: FileClasses,
+}
+
+impl LocalFile {
+    /// Opens the store at `root`, creating its directories if needed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a directory cannot be created (a read-only or missing mount, ...).
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalFile> {
+        LocalFile::with_classes(root, FileClasses::default())
+    }
+
+    /// Opens the store at `root`, with `classes` saying which files are immutable.
+    pub fn with_classes(root: impl Into<PathBuf>, classes: FileClasses) -> Result<LocalFile> {
+        let layout = Layout::new(root);
+        for dir in [layout.db_dir(), layout.data_root(), layout.staging_root()] {
+            if !dir.is_dir() {
+                fsutil::create_dir_all(&dir)?;
+                fsutil::set_mode(&dir, DIR_MODE)?;
+            }
+        }
+        Ok(LocalFile {
+            inner: Arc::new(Inner { layout, classes }),
+        })
+    }
+
+    /// Where the store keeps everything.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Which files this store treats as immutable.
+    pub fn classes(&self) -> &FileClasses {
+        &self.inner.classes
+    }
+
+    /// A new snapshot from a directory that carries `snapshot.json` (one `export_to_dir` wrote,
+    /// perhaps on another host): new ID, files through the ladder without hardlinks.
+    /// `name` and `description` override the envelope's.
+    ///
+    /// # Errors
+    /// [`Error::EnvelopeMissing`], [`Error::ListedFileMissing`], and those of
+    /// [`Snapshot::create`].
+    pub async fn import_from_dir(
+        &self,
+        dir: PathBuf,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<CreateReport> {
+        let store = self.clone();
+        blocking(move || store.import_from_dir_blocking(&dir, name, description)).await
+    }
+
+    /// Clones a snapshot's data files (no `snapshot.json`) into `dir`, new or empty: the VM-clone
+    /// path. Memory files may be hardlinked (unless `opts.hardlink` is off); others never are.
+    ///
+    /// # Errors
+    /// [`Error::TargetNotEmpty`], [`Error::NotFound`], [`Error::EnvelopeMissing`] (for a
+    /// directory source), [`Error::CowRequired`], [`Error::NoSpace`], [`Error::Io`].
+    pub async fn clone_to_dir(
+        &self,
+        source: CloneSource,
+        dir: PathBuf,
+        opts: CloneOptions,
+    ) -> Result<CloneReport> {
+        let store = self.clone();
+        blocking(move || store.clone_to_dir_blocking(&source, &dir, opts)).await
+    }
+
+    /// What the filesystem holding `dir` can do for a clone out of this store, tried for real
+    /// on scratch files.
+    pub async fn probe(&self, dir: PathBuf) -> Result<clone::probe::Capabilities> {
+        let store = self.clone();
+        blocking(move || clone::probe::probe(&dir, &store.layout().staging_root())).await
+    }
+
+    // ---- index ----
+
+    fn read_index(&self) -> Result<Index> {
+        let _lock = IndexLock::acquire(&self.layout().index_lock(), false)?;
+        Index::load(&self.layout().index_file())
+    }
+
+    /// Runs `f` on the index under the exclusive lock and saves the result if `f` succeeds.
+    fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+        let layout = self.layout();
+        let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
+        let mut index = Index::load(&layout.index_file())?;
+        let out = f(&mut index)?;
+        index.save(&layout.index_file())?;
+        Ok(out)
+    }
+
+    // ---- create ----
+
+    fn create_blocking(
+        &self,
+        config: Config,
+        src: &Path,
+        opts: SaveOptions,
+    ) -> Result<CreateReport> {
+        require_dir(src)?;
+        let (names, skipped) = data_files(src)?;
+        self.ingest(config, src, &names, skipped, opts)
+    }
+
+    fn import_from_dir_blocking(
+        &self,
+        dir: &Path,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<CreateReport> {
+        require_dir(dir)?;
+        let envelope = envelope::read(dir)?;
+        let mut config = envelope.config;
+        if let Some(name) = name {
+            config.name = name;
+        }
+        if let Some(description) = description {
+            config.description = description;
+        }
+        let (names, skipped) = match envelope.files {
+            Some(names) => (names, Vec::new()),
+            None => data_files(dir)?,
+        };
+        self.ingest(config, dir, &names, skipped, SaveOptions::default())
+    }
+
+    /// The one path by which data enters the store.
+    fn ingest(
+        &self,
+        mut config: Config,
+        src: &Path,
+        names: &[String],
+        skipped: Vec<Skipped>,
+        opts: SaveOptions,
+    ) -> Result<CreateReport> {
+        let layout = self.layout();
+        let id = SnapshotId::generate()?;
+        config.id = id.to_string();
+        // Held for as long as the snapshot is pending: gc sees a live creator by this lock.
+        let _build = Lease::try_exclusive(&layout.lease_file(&id), &id)?
+            .ok_or_else(|| Error::InUse { id: id.clone() })?;
+
+        let data_dir = layout.data_dir(&id);
+        let pending = Record {
+            config,
+            created_at: gotime::now(),
+            data_dir: data_dir.display().to_string(),
+            size_bytes: 0,
+            pending: true,
+            last_accessed_at: None,
+            extra: serde_json::Map::new(),
+        };
+        self.update_index(|index| index.insert(id.clone(), pending))?;
+        let rollback = PendingRecord {
+            store: self,
+            id: id.clone(),
+        };
+
+        let mut cleanup = Cleanup::new();
+        let staging = layout.staging_dir(&id);
+        fsutil::create_dir(&staging, DIR_MODE)?;
+        cleanup.push(staging.clone());
+        let mut moved = MovedBack::default();
+        let files = self.fill(src, names, &staging, opts, &mut moved)?;
+        let size_bytes = files.iter().map(|f| f.bytes).sum();
+
+        for file in &files {
+            fsutil::set_mode(&staging.join(&file.name), fsutil::READ_ONLY)?;
+        }
+        fsutil::fsync_dir(&staging)?;
+        fsutil::rename(&staging, &data_dir)?;
+        cleanup.push(data_dir.clone());
+        moved.relocate(&staging, &data_dir);
+        fsutil::fsync_dir(&layout.data_root())?;
+        fsutil::fsync_dir(&layout.staging_root())?;
+
+        self.update_index(|index| {
+            let record = index
+                .snapshots
+                .get_mut(&id)
+                .ok_or_else(|| Error::NotFound {
+                    reference: id.to_string(),
+                })?;
+            record.pending = false;
+            record.size_bytes = size_bytes;
+            record.last_accessed_at = Some(gotime::now());
+            Ok(())
+        })?;
+        cleanup.disarm();
+        rollback.disarm();
+        moved.finish()?;
+        Ok(CreateReport { id, files, skipped })
+    }
+
+    /// Puts `names` from `src` into the empty dir `staging` as `opts` says.
+    fn fill(
+        &self,
+        src: &Path,
+        names: &[String],
+        staging: &Path,
+        opts: SaveOptions,
+        moved: &mut MovedBack,
+    ) -> Result<Vec<FileReport>> {
+        let mut jobs = self.jobs(src, names)?;
+        let mut reports = Vec::new();
+        if opts.mode == SaveMode::Move {
+            // Rename what can be renamed; what is on another filesystem takes the ladder.
+            let mut across = Vec::new();
+            for job in jobs {
+                let dst = staging.join(&job.name);
+                match std::fs::rename(&job.src, &dst) {
+                    Ok(()) => {
+                        let bytes = fsutil::symlink_metadata(&dst)?.len();
+                        moved.renamed.push((dst, job.src.clone()));
+                        reports.push(FileReport {
+                            name: job.name,
+                            method: CloneMethod::Move,
+                            bytes,
+                        });
+                    }
+                    Err(e) if sys::rename_crosses_filesystems(&e) => across.push(job),
+                    Err(e) => return Err(Error::io("move", &job.src, e)),
+                }
+            }
+            moved.copied = across.iter().map(|j| j.src.clone()).collect();
+            jobs = across;
+            fsutil::fsync_dir(src)?;
+        }
+        let ladder = clone::Options {
+            allow_hardlink: opts.mode == SaveMode::Link,
+            require_cow: opts.require_cow,
+        };
+        reports.extend(clone::run(&jobs, staging, ladder)?);
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(reports)
+    }
+
+    fn jobs(&self, src: &Path, names: &[String]) -> Result<Vec<Job>> {
+        names
+            .iter()
+            .map(|name| {
+                if !is_plain_name(name) || name == ENVELOPE_FILE {
+                    return Err(Error::InvalidFileName {
+                        dir: src.to_path_buf(),
+                        name: name.clone(),
+                    });
+                }
+                let path = src.join(name);
+                let meta = fsutil::symlink_metadata(&path)?;
+                if !meta.is_file() {
+                    return Err(Error::io(
+                        "clone",
+                        &path,
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+                    ));
+                }
+                Ok(Job {
+                    name: name.clone(),
+                    src: path,
+                    immutable: self.classes().is_immutable(name),
+                })
+            })
+            .collect()
+    }
+
+    // ---- read ----
+
+    fn list_blocking(&self) -> Result<Vec<Record>> {
+        let index = self.read_index()?;
+        let mut records: Vec<Record> = index.complete().map(|(_, r)| r.clone()).collect();
+        records.sort_by(|a, b| (a.created_at, a.id()).cmp(&(b.created_at, b.id())));
+        Ok(records)
+    }
+
+    fn inspect_blocking(&self, reference: &str) -> Result<Record> {
+        let index = self.read_index()?;
+        let id = resolve::resolve(&index, reference)?;
+        Ok(index.snapshots[&id].clone())
+    }
+
+    fn data_dir_blocking(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
+        let id = resolve::resolve(&self.read_index()?, reference)?;
+        let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
+        // A delete may have finished between the lookup and the lease: look again under it.
+        let config = self.update_index(|index| {
+            let record = index
+                .snapshots
+                .get_mut(&id)
+                .filter(|r| !r.pending)
+                .ok_or_else(|| Error::NotFound {
+                    reference: reference.to_string(),
+                })?;
+            record.last_accessed_at = Some(gotime::now());
+            Ok(record.config.clone())
+        })?;
+        Ok((self.layout().data_dir(&id), config, lease))
+    }
+
+    // ---- clone out ----
+
+    fn clone_to_dir_blocking(
+        &self,
+        source: &CloneSource,
+        dir: &Path,
+        opts: CloneOptions,
+    ) -> Result<CloneReport> {
+        let ladder = clone::Options {
+            allow_hardlink: opts.hardlink,
+            require_cow: opts.require_cow,
+        };
+        match source {
+            CloneSource::Ref(reference) => {
+                let (data_dir, config, _lease) = self.data_dir_blocking(reference)?;
+                let (names, _) = data_files(&data_dir)?;
+                let files = self.clone_out(&data_dir, &names, dir, ladder)?.0;
+                Ok(CloneReport { files, config })
+            }
+            CloneSource::Dir(src) => {
+                require_dir(src)?;
+                let envelope = envelope::read(src)?;
+                let names = match envelope.files {
+                    Some(names) => names,
+                    None => data_files(src)?.0,
+                };
+                let files = self.clone_out(src, &names, dir, ladder)?.0;
+                Ok(CloneReport {
+                    files,
+                    config: envelope.config,
+                })
+            }
+        }
+    }
+
+    fn export_to_dir_blocking(&self, reference: &str, dir: &Path) -> Result<CloneReport> {
+        let (data_dir, config, _lease) = self.data_dir_blocking(reference)?;
+        let (names, _) = data_files(&data_dir)?;
+        let ladder = clone::Options {
+            allow_hardlink: false,
+            require_cow: false,
+        };
+        let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
+        envelope::write(dir, &Envelope::new(config.clone(), names))?;
+        cleanup.disarm();
+        Ok(CloneReport { files, config })
+    }
+
+    /// Clones `names` from `src` into `dir`, which must be new or empty. The returned guard
+    /// still removes the files (and `dir`, if this call made it) until it is disarmed.
+    fn clone_out(
+        &self,
+        src: &Path,
+        names: &[String],
+        dir: &Path,
+        ladder: clone::Options,
+    ) -> Result<(Vec<FileReport>, Cleanup)> {
+        if !fsutil::is_missing_or_empty(dir)? {
+            return Err(Error::TargetNotEmpty {
+                path: dir.to_path_buf(),
+            });
+        }
+        let mut cleanup = Cleanup::new();
+        if !dir.exists() {
+            fsutil::create_dir_all(dir)?;
+            cleanup.push(dir.to_path_buf());
+        }
+        let jobs = self.jobs(src, names)?;
+        let files = clone::run(&jobs, dir, ladder)?;
+        for file in &files {
+            cleanup.push(dir.join(&file.name));
+        }
+        if let Some(parent) = dir.parent() {
+            fsutil::fsync_dir(parent)?;
+        }
+        Ok((files, cleanup))
+    }
+
+    // ---- delete ----
+
+    fn delete_blocking(&self, refs: &[String], force: bool) -> Result<Vec<SnapshotId>> {
+        let layout = self.layout();
+        let ids = resolve::resolve_many(&self.read_index()?, refs)?;
+        let mut leases = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match Lease::try_exclusive(&layout.lease_file(id), id)? {
+                Some(lease) => leases.push(lease),
+                None if force => {}
+                None => return Err(Error::InUse { id: id.clone() }),
+            }
+        }
+        // The records go first, in one atomic write: a crash after it leaves only orphan dirs,
+        // which nothing lists and gc removes, never a listed snapshot without its data.
+        let deleted = self.update_index(|index| {
+            Ok(ids
+                .iter()
+                .filter(|id| index.remove(id).is_some())
+                .cloned()
+                .collect::<Vec<_>>())
+        })?;
+        for id in &deleted {
+            let dir = layout.data_dir(id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &dir, e)),
+            }
+        }
+        fsutil::fsync_dir(&layout.data_root())?;
+        drop(leases);
+        Ok(deleted)
+    }
+}
+
+/// Removes a pending record (and frees its name) unless disarmed.
+struct PendingRecord<'a> {
+    store: &'a LocalFile,
+    id: SnapshotId,
+}
+
+impl PendingRecord<'_> {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for PendingRecord<'_> {
+    fn drop(&mut self) {
+        // If this fails too, the pending record stays; it is never listed, and gc removes it
+        // once this process (whose build lease marks it live) is gone.
+        let _ = self.store.update_index(|index| {
+            index.remove(&self.id);
+            Ok(())
+        });
+    }
+}
+
+/// For `save --move`: puts renamed files back where they came from unless finished, and on
+/// finish removes the sources that had to be copied across filesystems (a move consumes them).
+#[derive(Default)]
+struct MovedBack {
+    renamed: Vec<(PathBuf, PathBuf)>,
+    copied: Vec<PathBuf>,
+}
+
+impl MovedBack {
+    /// The renamed files now live under `to` instead of `from`.
+    fn relocate(&mut self, from: &Path, to: &Path) {
+        for (now, _) in &mut self.renamed {
+            if let Ok(rest) = now.strip_prefix(from) {
+                *now = to.join(rest);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.renamed.clear();
+        for src in std::mem::take(&mut self.copied) {
+            std::fs::remove_file(&src).map_err(|e| Error::io("remove", &src, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MovedBack {
+    fn drop(&mut self) {
+        for (now, was) in self.renamed.drain(..).rev() {
+            // Best effort: the file is in the staging dir, where gc would find it otherwise.
+            let _ = std::fs::rename(&now, &was);
+        }
+    }
+}
+
+/// The regular files of `dir` (not `snapshot.json`) in name order, and what was skipped.
+fn data_files(dir: &Path) -> Result<(Vec<String>, Vec<Skipped>)> {
+    let mut names = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, meta) in fsutil::list_dir(dir)? {
+        let kind = meta.file_type();
+        let name = match name.into_string() {
+            Ok(name) => name,
+            Err(raw) => {
+                skipped.push(Skipped {
+                    name: lossy(&raw),
+                    kind: "non-utf8 name",
+                });
+                continue;
+            }
+        };
+        if name == ENVELOPE_FILE {
+            continue;
+        }
+        let what = if kind.is_file() {
+            names.push(name);
+            continue;
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_symlink() {
+            "symlink"
+        } else if kind.is_fifo() {
+            "fifo"
+        } else if kind.is_socket() {
+            "socket"
+        } else {
+            "device"
+        };
+        skipped.push(Skipped { name, kind: what });
+    }
+    Ok((names, skipped))
+}
+
+fn lossy(name: &OsString) -> String {
+    name.to_string_lossy().into_owned()
+}
+
+fn require_dir(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open source directory", path, e))?;
+    if meta.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::NotADirectory {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Runs one whole blocking operation off the async worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+impl Snapshot for LocalFile {
+    fn kind(&self) -> &'static str {
+        "localfile"
+    }
+
+    async fn create(
+        &self,
+        config: Config,
+        src: PathBuf,
+        opts: SaveOptions,
+    ) -> Result<CreateReport> {
+        let store = self.clone();
+        blocking(move || store.create_blocking(config, &src, opts)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Record>> {
+        let store = self.clone();
+        blocking(move || store.list_blocking()).await
+    }
+
+    async fn inspect(&self, reference: &str) -> Result<Record> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || store.inspect_blocking(&reference)).await
+    }
+
+    async fn delete(&self, refs: &[String], force: bool) -> Result<Vec<SnapshotId>> {
+        let (store, refs) = (self.clone(), refs.to_vec());
+        blocking(move || store.delete_blocking(&refs, force)).await
+    }
+
+    async fn restore(&self, _reference: &str) -> Result<(Config, TarStream)> {
+        Err(Error::Unsupported {
+            operation: "tar restore",
+        })
+    }
+
+    async fn export(&self, _reference: &str) -> Result<TarStream> {
+        Err(Error::Unsupported {
+            operation: "tar export",
+        })
+    }
+
+    async fn import(
+        &self,
+        _archive: TarStream,
+        _name: Option<String>,
+        _description: Option<String>,
+    ) -> Result<SnapshotId> {
+        Err(Error::Unsupported {
+            operation: "tar import",
+        })
+    }
+}
+
+impl Direct for LocalFile {
+    async fn data_dir(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || store.data_dir_blocking(&reference)).await
+    }
+}
+
+impl DirectoryExporter for LocalFile {
+    async fn export_to_dir(&self, reference: &str, dir: PathBuf) -> Result<CloneReport> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || store.export_to_dir_blocking(&reference, &dir)).await
+    }
+}

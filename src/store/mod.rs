@@ -1,0 +1,218 @@
+//! The store's async API, modelled on cocoon's `snapshot` package: the [`Snapshot`] lifecycle,
+//! [`Direct`] access to a data dir under a lease, and the [`DirectoryExporter`].
+//!
+//! Every method runs its whole operation inside one `spawn_blocking`, so the filesystem work
+//! never blocks an async worker thread. [`LocalFile`] implements them all over a root directory.
+
+mod layout;
+mod lease;
+mod localfile;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use layout::Layout;
+pub use lease::Lease;
+pub use localfile::LocalFile;
+
+use crate::error::Result;
+use crate::types::{Config, FileReport, Record, SnapshotId};
+
+/// A tar stream of a snapshot, as `restore` and `export` hand it out.
+pub type TarStream = Box<dyn std::io::Read + Send>;
+
+/// How `create` takes files from the source directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SaveMode {
+    /// FICLONE, else copy; never a hardlink, since the source's owner may write the file again.
+    #[default]
+    Clone,
+    /// Like `Clone`, but immutable (memory) files may be hardlinked: the caller promises never
+    /// to write them again.
+    Link,
+    /// Rename the files into the store: instant, consumes the source; across filesystems each
+    /// file falls back to the `Clone` ladder. On failure the moved files are put back.
+    Move,
+}
+
+/// Options of [`Snapshot::create`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaveOptions {
+    /// How files are taken in.
+    pub mode: SaveMode,
+    /// Fail rather than copy data.
+    pub require_cow: bool,
+}
+
+/// Options of a clone out of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct CloneOptions {
+    /// Immutable (memory) files may be hardlinked.
+    pub hardlink: bool,
+    /// Fail rather than copy data.
+    pub require_cow: bool,
+}
+
+impl Default for CloneOptions {
+    fn default() -> CloneOptions {
+        CloneOptions {
+            hardlink: true,
+            require_cow: false,
+        }
+    }
+}
+
+/// A directory entry of a source that is not a data file, and so was not saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The entry's name (lossy UTF-8).
+    pub name: String,
+    /// What it is: `directory`, `symlink`, `fifo`, `socket`, `device`, `non-utf8 name`.
+    pub kind: &'static str,
+}
+
+/// What `create` and `import_from_dir` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateReport {
+    /// The new snapshot's ID.
+    pub id: SnapshotId,
+    /// One report per data file, in name order.
+    pub files: Vec<FileReport>,
+    /// Entries of the source that were not data files.
+    pub skipped: Vec<Skipped>,
+}
+
+/// What a clone out of the store did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneReport {
+    /// One report per data file, in name order.
+    pub files: Vec<FileReport>,
+    /// The snapshot's config.
+    pub config: Config,
+}
+
+/// Where `clone_to_dir` takes a snapshot from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneSource {
+    /// A snapshot in the store.
+    Ref(String),
+    /// A directory carrying `snapshot.json`, for example one `export_to_dir` wrote.
+    Dir(PathBuf),
+}
+
+/// The snapshot lifecycle: create, list, inspect, delete, and the tar layer.
+///
+/// ```no_run
+/// # async fn demo() -> snapstore::Result<()> {
+/// use snapstore::{Config, LocalFile, SaveOptions, Snapshot};
+/// let store = LocalFile::open("/var/lib/snapstore")?;
+/// let config = Config { name: "base".into(), cpu: 2, ..Config::default() };
+/// let report = store.create(config, "/run/vm1/snapshot".into(), SaveOptions::default()).await?;
+/// println!("saved {}", report.id);
+/// for record in store.list().await? {
+///     println!("{} {}", record.config.id, record.config.name);
+/// }
+/// # Ok(()) }
+/// ```
+pub trait Snapshot {
+    /// The backend's name, as cocoon's `Type()`: `"localfile"`.
+    fn kind(&self) -> &'static str;
+
+    /// Saves the regular files of `src` as a new snapshot through the clone ladder.
+    ///
+    /// Atomic: on any failure nothing remains, and the name is free again.
+    ///
+    /// # Errors
+    /// [`Error::NameTaken`](crate::Error::NameTaken), [`Error::NotADirectory`](crate::Error::NotADirectory),
+    /// [`Error::CowRequired`](crate::Error::CowRequired), [`Error::NoSpace`](crate::Error::NoSpace),
+    /// [`Error::Io`](crate::Error::Io).
+    fn create(
+        &self,
+        config: Config,
+        src: PathBuf,
+        opts: SaveOptions,
+    ) -> impl Future<Output = Result<CreateReport>> + Send;
+
+    /// Every complete snapshot, oldest first.
+    fn list(&self) -> impl Future<Output = Result<Vec<Record>>> + Send;
+
+    /// The record of the snapshot `reference` names.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound), [`Error::Ambiguous`](crate::Error::Ambiguous).
+    fn inspect(&self, reference: &str) -> impl Future<Output = Result<Record>> + Send;
+
+    /// Deletes the snapshots `refs` name; returns the IDs deleted.
+    ///
+    /// Every ref is resolved, and every snapshot leased, before anything is deleted: if any ref
+    /// fails or any snapshot is in use (and `force` is off), nothing is deleted.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound), [`Error::InUse`](crate::Error::InUse).
+    fn delete(
+        &self,
+        refs: &[String],
+        force: bool,
+    ) -> impl Future<Output = Result<Vec<SnapshotId>>> + Send;
+
+    /// The snapshot's config and a tar stream of its data files (cocoon's `Restore`).
+    fn restore(&self, reference: &str) -> impl Future<Output = Result<(Config, TarStream)>> + Send;
+
+    /// A tar stream of the snapshot: `snapshot.json` first, then its data files.
+    fn export(&self, reference: &str) -> impl Future<Output = Result<TarStream>> + Send;
+
+    /// A new snapshot from a tar stream; `name` and `description` override the envelope's.
+    fn import(
+        &self,
+        archive: TarStream,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> impl Future<Output = Result<SnapshotId>> + Send;
+}
+
+/// Direct access to a snapshot's data directory.
+pub trait Direct {
+    /// The data dir of the snapshot `reference` names, its config, and a lease: while the lease
+    /// is held, in this process or another, the snapshot cannot be deleted (except by
+    /// `rm --force`). Updates `last_accessed_at`.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: snapstore::LocalFile) -> snapstore::Result<()> {
+    /// use snapstore::Direct;
+    /// let (dir, config, lease) = store.data_dir("base").await?;
+    /// // hand `dir` to the hypervisor; files in it are read-only
+    /// drop(lease);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound), [`Error::Ambiguous`](crate::Error::Ambiguous).
+    fn data_dir(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<(PathBuf, Config, Lease)>> + Send;
+}
+
+/// Export into a plain directory with `snapshot.json`, for rsync and NFS workflows.
+pub trait DirectoryExporter {
+    /// Clones the snapshot into `dir` (new or empty) without hardlinks, so the result stands
+    /// alone, then writes `snapshot.json` last. On failure, everything it wrote is removed.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: snapstore::LocalFile) -> snapstore::Result<()> {
+    /// use snapstore::DirectoryExporter;
+    /// let report = store.export_to_dir("base", "/srv/export/base".into()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::TargetNotEmpty`](crate::Error::TargetNotEmpty), [`Error::NotFound`](crate::Error::NotFound),
+    /// [`Error::NoSpace`](crate::Error::NoSpace), [`Error::Io`](crate::Error::Io).
+    fn export_to_dir(
+        &self,
+        reference: &str,
+        dir: PathBuf,
+    ) -> impl Future<Output = Result<CloneReport>> + Send;
+}

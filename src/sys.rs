@@ -1,0 +1,197 @@
+//! The one place snapstore calls the kernel directly: FICLONE, hard links, SEEK_DATA/SEEK_HOLE,
+//! copy_file_range, hole punching, flock, statfs and directory fsync.
+//!
+//! Every function is safe, takes `&File` or `&Path` and returns `io::Result`, so the errno reaches
+//! the caller intact. Which errnos mean "this rung of the ladder is not possible here" is decided
+//! by the `*_unsupported` predicates kept beside each call.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, Flock, FlockArg};
+use nix::unistd::Whence;
+
+/// Clones every extent of `src` into the empty file `dst` (the FICLONE ioctl, `ioctl_ficlone(2)`).
+pub(crate) fn ficlone(dst: &File, src: &File) -> io::Result<()> {
+    reflink_copy::reflink_file(src, dst)
+}
+
+/// Whether a FICLONE error means "reflink is not possible here", not "something went wrong".
+///
+/// EOPNOTSUPP: the filesystem cannot share extents (ext4, tmpfs, XFS without reflink=1).
+/// EXDEV: source and target are on different filesystems. EINVAL: the filesystem has no such
+/// ioctl or the range is not clonable. ENOTTY: the file is not on a filesystem that knows it.
+/// Anything else (EIO, ENOSPC, EACCES, ...) is a real failure and goes back to the caller.
+pub(crate) fn clone_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EOPNOTSUPP | Errno::EXDEV | Errno::EINVAL | Errno::ENOTTY)
+    )
+}
+
+/// Makes `dst` a new name for the inode at `src` (`link(2)`).
+pub(crate) fn hard_link(src: &Path, dst: &Path) -> io::Result<()> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "sys.rs is where the ladder's syscalls live"
+    )]
+    std::fs::hard_link(src, dst)
+}
+
+/// Whether a `link(2)` error means "a hardlink is not possible here".
+///
+/// EXDEV: another filesystem. EMLINK: the inode has too many links. EPERM: the filesystem has
+/// no hard links, or `fs.protected_hardlinks` refuses them to this user.
+pub(crate) fn link_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EXDEV | Errno::EMLINK | Errno::EPERM)
+    )
+}
+
+/// Whether a `rename(2)` error means "source and target are on different filesystems" (EXDEV),
+/// which `save --move` answers by cloning instead.
+pub(crate) fn rename_crosses_filesystems(e: &io::Error) -> bool {
+    e.raw_os_error().map(Errno::from_raw) == Some(Errno::EXDEV)
+}
+
+/// The offset of the first data at or after `offset`, or `None` when only a hole follows
+/// (`lseek(2)` with SEEK_DATA, whose ENXIO means "no more data").
+pub(crate) fn seek_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    match nix::unistd::lseek(file.as_fd(), to_off(offset)?, Whence::SeekData) {
+        Ok(pos) => Ok(Some(pos as u64)),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The offset of the first hole at or after `offset`; the end of the file counts as a hole.
+pub(crate) fn seek_hole(file: &File, offset: u64) -> io::Result<u64> {
+    let pos = nix::unistd::lseek(file.as_fd(), to_off(offset)?, Whence::SeekHole)?;
+    Ok(pos as u64)
+}
+
+/// Copies up to `len` bytes from `src` at `src_off` to `dst` at `dst_off` in the kernel
+/// (`copy_file_range(2)`); returns the bytes copied, 0 at the source's end.
+pub(crate) fn copy_file_range(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off_in = to_off(src_off)?;
+    let mut off_out = to_off(dst_off)?;
+    Ok(nix::fcntl::copy_file_range(
+        src.as_fd(),
+        Some(&mut off_in),
+        dst.as_fd(),
+        Some(&mut off_out),
+        len,
+    )?)
+}
+
+/// Whether a `copy_file_range(2)` error means "use read/write instead": another filesystem on an
+/// old kernel (EXDEV), no such syscall (ENOSYS), or a file type it does not handle.
+pub(crate) fn copy_range_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EXDEV | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL)
+    )
+}
+
+/// Deallocates `len` bytes at `offset`, keeping the file's size (`fallocate(2)` PUNCH_HOLE).
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(file.as_fd(), flags, to_off(offset)?, to_off(len)?)?;
+    Ok(())
+}
+
+/// Flushes a directory's entries to disk, so a rename or a new file in it survives power loss.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A `flock(2)` held on an open file until drop.
+///
+/// The lock belongs to the open file description, so it holds across threads of this process
+/// and ends when the process dies, however it dies.
+#[derive(Debug)]
+pub(crate) struct FileLock(#[allow(dead_code)] Flock<File>);
+
+impl FileLock {
+    /// Waits for the lock, shared or exclusive.
+    pub(crate) fn lock(file: File, exclusive: bool) -> io::Result<FileLock> {
+        let arg = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        Flock::lock(file, arg)
+            .map(FileLock)
+            .map_err(|(_, e)| e.into())
+    }
+
+    /// Takes the lock if no one holds a conflicting one; `None` when someone does.
+    pub(crate) fn try_lock(file: File, exclusive: bool) -> io::Result<Option<FileLock>> {
+        let arg = if exclusive {
+            FlockArg::LockExclusiveNonblock
+        } else {
+            FlockArg::LockSharedNonblock
+        };
+        match Flock::lock(file, arg) {
+            Ok(lock) => Ok(Some(FileLock(lock))),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e.into()),
+        }
+    }
+}
+
+/// What `statfs(2)` and `statvfs(3)` say of the filesystem holding a path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FsStat {
+    /// The filesystem's magic number (`f_type`).
+    pub(crate) magic: i64,
+    /// Bytes free for an unprivileged writer.
+    pub(crate) available: u64,
+}
+
+/// Filesystem type and free space of the filesystem holding `path`.
+pub(crate) fn fs_stat(path: &Path) -> io::Result<FsStat> {
+    let fs = nix::sys::statfs::statfs(path)?;
+    let vfs = nix::sys::statvfs::statvfs(path)?;
+    Ok(FsStat {
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        magic: i64::from(fs.filesystem_type().0 as i64),
+        #[allow(clippy::unnecessary_cast)]
+        available: (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64),
+    })
+}
+
+/// The usual name of a filesystem magic number, as `stat -f` prints it.
+pub(crate) fn fs_name(magic: i64) -> &'static str {
+    match magic {
+        0x9123_683e => "btrfs",
+        0x5846_5342 => "xfs",
+        0xef53 => "ext4",
+        0x0102_1994 => "tmpfs",
+        0x794c_7630 => "overlayfs",
+        0x2fc1_2fc1 => "zfs",
+        0x6969 => "nfs",
+        0xf2f5_2010 => "f2fs",
+        0x6573_5546 => "fuse",
+        _ => "unknown",
+    }
+}
+
+/// Whether the process runs as root.
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn to_off(n: u64) -> io::Result<i64> {
+    i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
