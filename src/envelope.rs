@@ -114,6 +114,26 @@ pub fn read(dir: &Path) -> Result<Envelope> {
     Ok(envelope)
 }
 
+/// Reads a snapshot config from `path`: either a bare config object or a whole envelope.
+///
+/// # Errors
+/// [`Error::ConfigInvalid`] when it is neither; [`Error::Io`] when it cannot be read.
+pub fn read_config(path: &Path) -> Result<Config> {
+    let bytes = fsutil::read(path)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| Error::ConfigInvalid {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if value.get("config").is_some() && value.get("version").is_some() {
+        return Ok(Envelope::parse(&bytes, path)?.config);
+    }
+    serde_json::from_value(value).map_err(|source| Error::ConfigInvalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Writes `dir/snapshot.json` atomically and durably; returns its path.
 pub fn write(dir: &Path, envelope: &Envelope) -> Result<PathBuf> {
     let path = dir.join(ENVELOPE_FILE);
@@ -191,6 +211,26 @@ mod tests {
         assert!(matches!(
             read(dir.path()),
             Err(Error::InvalidFileName { .. })
+        ));
+    }
+
+    #[test]
+    fn config_file_is_a_config_or_an_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"name":"a","cpu":4}"#).unwrap();
+        assert_eq!(read_config(&path).unwrap().cpu, 4);
+        std::fs::write(&path, r#"{"config":{"name":"b","cpu":8},"version":1}"#).unwrap();
+        assert_eq!(read_config(&path).unwrap().name, "b");
+        std::fs::write(&path, r#"{"config":{"name":"b"},"version":3}"#).unwrap();
+        assert!(matches!(
+            read_config(&path),
+            Err(Error::EnvelopeVersion { .. })
+        ));
+        std::fs::write(&path, r#"["not", "a", "config"]"#).unwrap();
+        assert!(matches!(
+            read_config(&path),
+            Err(Error::ConfigInvalid { .. })
         ));
     }
 

@@ -59,14 +59,17 @@ pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
 }
 
-/// Removes a directory tree.
-pub(crate) fn remove_dir_all(path: &Path) -> Result<()> {
-    fs::remove_dir_all(path).map_err(|e| Error::io("remove", path, e))
-}
-
 /// Sets a path's permission bits.
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", path, e))
+}
+
+/// The directory holding `path`: `.` for a bare relative name, whose `parent()` is empty.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Flushes a directory's entries to disk.
@@ -106,7 +109,7 @@ pub(crate) fn is_missing_or_empty(dir: &Path) -> Result<bool> {
 /// cargo's `paths::write_atomic` skips both fsyncs, which is fine for a build cache and not for
 /// an index that must survive power loss.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .permissions(Permissions::from_mode(mode))
@@ -192,6 +195,13 @@ mod tests {
         c.disarm();
         assert!(!gone.exists());
         assert!(keep.exists());
+    }
+
+    #[test]
+    fn parent_of_a_bare_name_is_the_current_dir() {
+        assert_eq!(parent_dir(Path::new("run1")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/b")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/")), Path::new("."));
     }
 
     #[test]

@@ -38,7 +38,9 @@ mod types;
 
 pub use crate::clone::probe::Capabilities;
 pub use crate::clone::{DEFAULT_IMMUTABLE_PATTERNS, FileClasses};
-pub use crate::envelope::{ENVELOPE_FILE, ENVELOPE_VERSION, Envelope, read as read_envelope};
+pub use crate::envelope::{
+    ENVELOPE_FILE, ENVELOPE_VERSION, Envelope, read as read_envelope, read_config,
+};
 pub use crate::error::{Error, Result};
 pub use crate::store::{
     CloneOptions, CloneReport, CloneSource, CreateReport, Direct, DirectoryExporter, Layout, Lease,

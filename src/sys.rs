@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{FallocateFlags, Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Whence;
 
 /// Clones every extent of `src` into the empty file `dst` (the FICLONE ioctl, `ioctl_ficlone(2)`).
@@ -104,7 +104,9 @@ pub(crate) fn copy_range_unsupported(e: &io::Error) -> bool {
 }
 
 /// Deallocates `len` bytes at `offset`, keeping the file's size (`fallocate(2)` PUNCH_HOLE).
+#[cfg(test)]
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::FallocateFlags;
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     nix::fcntl::fallocate(file.as_fd(), flags, to_off(offset)?, to_off(len)?)?;
     Ok(())

@@ -24,6 +24,23 @@ impl Layout {
         Layout { root: root.into() }
     }
 
+    /// The root used when none is given: `/var/lib/snapstore` for root, else
+    /// `$XDG_DATA_HOME/snapstore`, else `~/.local/share/snapstore`.
+    pub fn default_root() -> PathBuf {
+        if crate::sys::is_root() {
+            return PathBuf::from("/var/lib/snapstore");
+        }
+        let xdg = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from);
+        match xdg.filter(|p| p.is_absolute()) {
+            Some(data) => data.join("snapstore"),
+            None => {
+                let home =
+                    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+                home.join(".local/share/snapstore")
+            }
+        }
+    }
+
     /// The store root.
     pub fn root(&self) -> &Path {
         &self.root

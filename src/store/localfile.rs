@@ -177,8 +177,13 @@ impl LocalFile {
         let id = SnapshotId::generate()?;
         config.id = id.to_string();
         // Held for as long as the snapshot is pending: gc sees a live creator by this lock.
-        let _build = Lease::try_exclusive(&layout.lease_file(&id), &id)?
+        let lease_file = layout.lease_file(&id);
+        let _build = Lease::try_exclusive(&lease_file, &id)?
             .ok_or_else(|| Error::InUse { id: id.clone() })?;
+        // A failed create leaves no lease file behind; it is removed before the lock is dropped,
+        // and no one else can be waiting on a lease of a snapshot that never completed.
+        let mut lease_cleanup = Cleanup::new();
+        lease_cleanup.push(lease_file);
 
         let data_dir = layout.data_dir(&id);
         let pending = Record {
@@ -228,6 +233,7 @@ impl LocalFile {
         })?;
         cleanup.disarm();
         rollback.disarm();
+        lease_cleanup.disarm();
         moved.finish()?;
         Ok(CreateReport { id, files, skipped })
     }
@@ -352,7 +358,8 @@ impl LocalFile {
             CloneSource::Ref(reference) => {
                 let (data_dir, config, _lease) = self.data_dir_blocking(reference)?;
                 let (names, _) = data_files(&data_dir)?;
-                let files = self.clone_out(&data_dir, &names, dir, ladder)?.0;
+                let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
+                cleanup.disarm();
                 Ok(CloneReport { files, config })
             }
             CloneSource::Dir(src) => {
@@ -362,7 +369,8 @@ impl LocalFile {
                     Some(names) => names,
                     None => data_files(src)?.0,
                 };
-                let files = self.clone_out(src, &names, dir, ladder)?.0;
+                let (files, cleanup) = self.clone_out(src, &names, dir, ladder)?;
+                cleanup.disarm();
                 Ok(CloneReport {
                     files,
                     config: envelope.config,
@@ -386,6 +394,7 @@ impl LocalFile {
 
     /// Clones `names` from `src` into `dir`, which must be new or empty. The returned guard
     /// still removes the files (and `dir`, if this call made it) until it is disarmed.
+    #[must_use = "dropping the guard removes the clone"]
     fn clone_out(
         &self,
         src: &Path,
@@ -408,9 +417,7 @@ impl LocalFile {
         for file in &files {
             cleanup.push(dir.join(&file.name));
         }
-        if let Some(parent) = dir.parent() {
-            fsutil::fsync_dir(parent)?;
-        }
+        fsutil::fsync_dir(fsutil::parent_dir(dir))?;
         Ok((files, cleanup))
     }
 
@@ -632,5 +639,49 @@ impl DirectoryExporter for LocalFile {
     async fn export_to_dir(&self, reference: &str, dir: PathBuf) -> Result<CloneReport> {
         let (store, reference) = (self.clone(), reference.to_string());
         blocking(move || store.export_to_dir_blocking(&reference, &dir)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_move_puts_renamed_files_back_even_after_relocation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, staging, data) = (
+            tmp.path().join("src"),
+            tmp.path().join("staging"),
+            tmp.path().join("data"),
+        );
+        for d in [&src, &staging] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(staging.join("mem"), b"m").unwrap();
+        std::fs::write(staging.join("disk"), b"d").unwrap();
+        let mut moved = MovedBack::default();
+        moved.renamed.push((staging.join("mem"), src.join("mem")));
+        drop(moved);
+        assert_eq!(std::fs::read(src.join("mem")).unwrap(), b"m");
+
+        std::fs::rename(&staging, &data).unwrap();
+        let mut moved = MovedBack::default();
+        moved.renamed.push((staging.join("disk"), src.join("disk")));
+        moved.relocate(&staging, &data);
+        drop(moved);
+        assert_eq!(std::fs::read(src.join("disk")).unwrap(), b"d");
+    }
+
+    #[test]
+    fn finishing_a_move_removes_sources_that_were_copied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let copied = tmp.path().join("copied");
+        std::fs::write(&copied, b"x").unwrap();
+        let moved = MovedBack {
+            renamed: Vec::new(),
+            copied: vec![copied.clone()],
+        };
+        moved.finish().unwrap();
+        assert!(!copied.exists());
     }
 }

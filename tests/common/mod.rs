@@ -1,0 +1,205 @@
+//! Helpers shared by the integration tests: scratch filesystems, snapshot dirs, and outside
+//! witnesses of what the kernel did (`filefrag -v`, inode numbers, allocated blocks).
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const MIB: u64 = 1 << 20;
+
+/// A scratch dir on the loop-mounted filesystem named by `var`, or a loud skip.
+pub fn cow_dir(var: &str) -> Option<tempfile::TempDir> {
+    let Some(root) = std::env::var_os(var) else {
+        assert!(
+            std::env::var_os("SNAPSTORE_REQUIRE_COW").is_none(),
+            "{var} unset in CI"
+        );
+        eprintln!("SKIPPED: {var} not set; run ci/with-cow-fs.sh");
+        return None;
+    };
+    Some(tempfile::tempdir_in(root).expect("scratch dir on test fs"))
+}
+
+/// A file of `len` bytes whose data is `segments` (offset, length) of a deterministic pattern
+/// and whose every other range is a punched hole, so the holes exist on any filesystem.
+pub fn sparse_file(path: &Path, len: u64, segments: &[(u64, u64)]) {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .unwrap();
+    file.set_len(len).unwrap();
+    for &(offset, length) in segments {
+        let mut buf = vec![0u8; length as usize];
+        fill(&mut buf, offset);
+        file.write_all_at(&buf, offset).unwrap();
+    }
+    let mut pos = 0;
+    for &(offset, length) in segments.iter().chain([(len, 0)].iter()) {
+        if offset > pos {
+            punch(&file, pos, offset - pos);
+        }
+        pos = offset + length;
+    }
+    file.sync_all().unwrap();
+}
+
+/// Deterministic non-zero bytes that depend on the file offset.
+pub fn fill(buf: &mut [u8], offset: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let x = offset + i as u64;
+        *b = ((x / 4096) as u8).wrapping_mul(31) ^ (x as u8) | 1;
+    }
+}
+
+fn punch(file: &File, offset: u64, len: u64) {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file, flags, offset as i64, len as i64).unwrap();
+}
+
+/// A VM snapshot dir as cloud-hypervisor leaves one: a memory file, a sparse COW disk with
+/// scattered data, and small metadata. Sizes in bytes.
+pub fn vm_snapshot(dir: &Path, memory: u64, disk: u64, disk_data: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    // Memory: data in every other 1 MiB run, the rest holes (zero pages).
+    let runs: Vec<(u64, u64)> = (0..memory / MIB)
+        .step_by(2)
+        .map(|i| (i * MIB, MIB))
+        .collect();
+    sparse_file(&dir.join("memory-range-0"), memory, &runs);
+    let pieces = 16u64;
+    let piece = (disk_data / pieces).max(4096) / 4096 * 4096;
+    let stride = disk / pieces;
+    let segs: Vec<(u64, u64)> = (0..pieces)
+        .map(|i| (i * stride + stride / 3 / 4096 * 4096, piece))
+        .collect();
+    sparse_file(&dir.join("cow.raw"), disk, &segs);
+    std::fs::write(dir.join("config.json"), br#"{"cpus":{"boot_vcpus":2}}"#).unwrap();
+    std::fs::write(dir.join("state.json"), br#"{"state":"paused"}"#).unwrap();
+    dir.to_path_buf()
+}
+
+/// Whether `filefrag -v` shows every extent of `path` as shared (FIEMAP_EXTENT_SHARED), and
+/// at least one extent: the kernel's own account of a reflink.
+pub fn all_extents_shared(path: &Path) -> bool {
+    let out = Command::new("filefrag")
+        .arg("-v")
+        .arg(path)
+        .output()
+        .expect("filefrag runs");
+    assert!(
+        out.status.success(),
+        "filefrag -v {}: {:?}",
+        path.display(),
+        out
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let extents: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            l.split(':')
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect();
+    !extents.is_empty() && extents.iter().all(|l| l.contains("shared"))
+}
+
+pub fn ino(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().ino()
+}
+
+pub fn blocks(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks()
+}
+
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Whether two files have the same size and bytes.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let len = fa.metadata().unwrap().len();
+    if len != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let mut ba = vec![0u8; 4 << 20];
+    let mut bb = vec![0u8; 4 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = ((len - off) as usize).min(ba.len());
+        fa.read_exact_at(&mut ba[..n], off).unwrap();
+        fb.read_exact_at(&mut bb[..n], off).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+        off += n as u64;
+    }
+    true
+}
+
+/// Every path under `dir`, relative, sorted: to check that a failed operation left nothing.
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The store's state on disk: the index's bytes and every path under the root, except lock
+/// and lease files (which are created by readers and are not state).
+pub fn store_state(root: &Path) -> (Vec<u8>, Vec<String>) {
+    let index = std::fs::read(root.join("snapshot/db/snapshots.json")).unwrap_or_default();
+    let paths = tree(root)
+        .into_iter()
+        .filter(|p| !p.ends_with(".lease") && !p.ends_with(".lock"))
+        .collect();
+    (index, paths)
+}
+
+/// Runs the `snapstore` binary with `--root root`.
+pub fn snapstore(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snapstore"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("SNAPSTORE_ROOT")
+        .output()
+        .expect("snapstore runs")
+}
+
+/// Runs `snapstore`, expects success, returns stdout.
+pub fn ok(root: &Path, args: &[&str]) -> String {
+    let out = snapstore(root, args);
+    assert!(
+        out.status.success(),
+        "snapstore {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `snapstore`, expects exit status 1, returns stderr.
+pub fn fails(root: &Path, args: &[&str]) -> String {
+    let out = snapstore(root, args);
+    assert_eq!(out.status.code(), Some(1), "snapstore {args:?}: {out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
