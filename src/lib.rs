@@ -47,3 +47,8 @@ pub use crate::store::{
     LocalFile, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
 };
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};
+
+/// The README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -14,15 +14,15 @@ pub(crate) const MIN_PREFIX: usize = 3;
 /// [`Error::NotFound`] when nothing matches; [`Error::Ambiguous`] when a prefix matches several.
 pub(crate) fn resolve(index: &Index, reference: &str) -> Result<SnapshotId> {
     let complete = |id: &SnapshotId| index.snapshots.get(id).is_some_and(|r| !r.pending);
-    if let Some((id, _)) = index.snapshots.get_key_value(reference) {
-        if complete(id) {
-            return Ok(id.clone());
-        }
+    if let Some((id, _)) = index.snapshots.get_key_value(reference)
+        && complete(id)
+    {
+        return Ok(id.clone());
     }
-    if let Some(id) = index.names.get(reference) {
-        if complete(id) {
-            return Ok(id.clone());
-        }
+    if let Some(id) = index.names.get(reference)
+        && complete(id)
+    {
+        return Ok(id.clone());
     }
     if reference.len() >= MIN_PREFIX {
         let matches: Vec<SnapshotId> = index

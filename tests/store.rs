@@ -2,6 +2,8 @@
 //! these also cover the hardlink and copy rungs). Every failure is checked to leave the store as
 //! it was.
 
+#![allow(clippy::unwrap_used)] // test code: a failure is a test failure
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -111,7 +113,7 @@ async fn save_list_inspect_delete() {
     }
 
     let deleted = f.store.delete(&["base".into()], false).await.unwrap();
-    assert_eq!(deleted, [report.id.clone()]);
+    assert_eq!(deleted, std::slice::from_ref(&report.id));
     assert!(!data.exists());
     assert!(f.store.list().await.unwrap().is_empty());
     assert!(matches!(

@@ -2,6 +2,7 @@
 //! witnesses of what the kernel did (`filefrag -v`, inode numbers, allocated blocks).
 
 #![allow(dead_code)] // each test binary uses its own subset
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -47,11 +48,13 @@ pub fn sparse_file(path: &Path, len: u64, segments: &[(u64, u64)]) {
     file.sync_all().unwrap();
 }
 
-/// Deterministic non-zero bytes that depend on the file offset.
+/// Deterministic non-zero bytes: every 8-byte word holds its own file offset (plus one), so no
+/// two blocks of any file are alike and no filesystem can dedupe or compress them away.
 pub fn fill(buf: &mut [u8], offset: u64) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        let x = offset + i as u64;
-        *b = ((x / 4096) as u8).wrapping_mul(31) ^ (x as u8) | 1;
+    assert_eq!(offset % 8, 0);
+    for (i, word) in buf.chunks_mut(8).enumerate() {
+        let value = (offset + i as u64 * 8 + 1).to_le_bytes();
+        word.copy_from_slice(&value[..word.len()]);
     }
 }
 
@@ -83,9 +86,8 @@ pub fn vm_snapshot(dir: &Path, memory: u64, disk: u64, disk_data: u64) -> PathBu
     dir.to_path_buf()
 }
 
-/// Whether `filefrag -v` shows every extent of `path` as shared (FIEMAP_EXTENT_SHARED), and
-/// at least one extent: the kernel's own account of a reflink.
-pub fn all_extents_shared(path: &Path) -> bool {
+/// The flags column of each extent `filefrag -v` lists for `path`: the kernel's FIEMAP account.
+pub fn extent_flags(path: &Path) -> Vec<String> {
     let out = Command::new("filefrag")
         .arg("-v")
         .arg(path)
@@ -98,16 +100,27 @@ pub fn all_extents_shared(path: &Path) -> bool {
         out
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let extents: Vec<&str> = text
-        .lines()
+    text.lines()
         .filter(|l| {
-            let l = l.trim_start();
-            l.split(':')
-                .next()
-                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            let first = l.trim_start().split(':').next().unwrap_or("");
+            !first.is_empty() && first.chars().all(|c| c.is_ascii_digit())
         })
-        .collect();
-    !extents.is_empty() && extents.iter().all(|l| l.contains("shared"))
+        // "  0:  0.. 255:  3328.. 3583:  256:  last,shared,eof": flags are the last column.
+        .map(|l| l.rsplit(':').next().unwrap_or("").trim().to_string())
+        .collect()
+}
+
+/// Whether every extent of `path` is shared with another file (FIEMAP_EXTENT_SHARED), and it
+/// has at least one. btrfs keeps files under a few KiB inline in its metadata, where a clone
+/// copies the bytes instead of sharing them; `inline` counts for those, and only those.
+pub fn all_extents_shared(path: &Path) -> bool {
+    let flags = extent_flags(path);
+    let small = std::fs::metadata(path).unwrap().len() <= 4096;
+    !flags.is_empty()
+        && flags.iter().all(|f| {
+            let f: Vec<&str> = f.split(',').collect();
+            f.contains(&"shared") || (small && f.contains(&"inline"))
+        })
 }
 
 pub fn ino(path: &Path) -> u64 {
@@ -122,24 +135,46 @@ pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o7777
 }
 
-/// Whether two files have the same size and bytes.
+/// The (offset, length) data segments of a file, as SEEK_DATA/SEEK_HOLE report them.
+pub fn data_segments(path: &Path) -> Vec<(u64, u64)> {
+    use nix::unistd::{Whence, lseek};
+    let file = File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as i64;
+    let mut segments = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let start = match lseek(&file, pos, Whence::SeekData) {
+            Ok(start) => start,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => panic!("SEEK_DATA on {}: {e}", path.display()),
+        };
+        let end = lseek(&file, start, Whence::SeekHole).unwrap();
+        segments.push((start as u64, (end - start) as u64));
+        pos = end;
+    }
+    segments
+}
+
+/// Whether two files have the same size and bytes. Reads only the data segments of each (a
+/// hole reads as zeros in the other), so a 64 GiB sparse file costs what its data costs.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    let len = fa.metadata().unwrap().len();
-    if len != fb.metadata().unwrap().len() {
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
         return false;
     }
     let mut ba = vec![0u8; 4 << 20];
     let mut bb = vec![0u8; 4 << 20];
-    let mut off = 0;
-    while off < len {
-        let n = ((len - off) as usize).min(ba.len());
-        fa.read_exact_at(&mut ba[..n], off).unwrap();
-        fb.read_exact_at(&mut bb[..n], off).unwrap();
-        if ba[..n] != bb[..n] {
-            return false;
+    for (start, len) in data_segments(a).into_iter().chain(data_segments(b)) {
+        let mut off = start;
+        while off < start + len {
+            let n = ((start + len - off) as usize).min(ba.len());
+            fa.read_exact_at(&mut ba[..n], off).unwrap();
+            fb.read_exact_at(&mut bb[..n], off).unwrap();
+            if ba[..n] != bb[..n] {
+                return false;
+            }
+            off += n as u64;
         }
-        off += n as u64;
     }
     true
 }

@@ -1,0 +1,327 @@
+//! The `snapstore` binary run as a process: output, exit statuses, and error messages that name
+//! the ref or path.
+
+#![allow(clippy::unwrap_used)] // test code: a failure is a test failure
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = vm_snapshot(&tmp.path().join("src"), 2 * MIB, 16 * MIB, MIB);
+    let root = tmp.path().join("root");
+    (tmp, root, src)
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn save_prints_the_id_and_json_reports_files() {
+    let (_tmp, root, src) = setup();
+    let id = ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
+    let id = id.trim();
+    assert_eq!(id.len(), 26, "{id}");
+
+    let report = json(&ok(
+        &root,
+        &["--json", "save", "--from-dir", s(&src), "--name", "two"],
+    ));
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 4);
+    for f in files {
+        assert!(
+            f["name"].is_string() && f["method"].is_string() && f["bytes"].is_u64(),
+            "{f}"
+        );
+    }
+    assert_eq!(report["skipped"], Value::Array(vec![]));
+    assert_eq!(report["id"].as_str().unwrap().len(), 26);
+}
+
+#[test]
+fn save_takes_config_from_the_dir_envelope_or_a_file() {
+    let (tmp, root, src) = setup();
+    std::fs::write(
+        src.join("snapshot.json"),
+        r#"{"config":{"name":"from-env","cpu":4},"version":1}"#,
+    )
+    .unwrap();
+    ok(&root, &["save", "--from-dir", s(&src)]);
+    let rec = json(&ok(&root, &["inspect", "from-env"]));
+    assert_eq!(rec["cpu"], 4);
+
+    let cfg = tmp.path().join("cfg.json");
+    std::fs::write(&cfg, r#"{"name":"from-file","memory":1073741824}"#).unwrap();
+    ok(
+        &root,
+        &[
+            "save",
+            "--from-dir",
+            s(&src),
+            "--config",
+            s(&cfg),
+            "--description",
+            "d",
+        ],
+    );
+    let rec = json(&ok(&root, &["inspect", "from-file"]));
+    assert_eq!(rec["memory"], 1_073_741_824u64);
+    assert_eq!(rec["description"], "d");
+
+    std::fs::write(&cfg, "{not json").unwrap();
+    let err = fails(&root, &["save", "--from-dir", s(&src), "--config", s(&cfg)]);
+    assert!(err.contains("cfg.json"), "{err}");
+}
+
+#[test]
+fn list_is_a_table_oldest_first_and_json_without_pending() {
+    let (_tmp, root, src) = setup();
+    ok(
+        &root,
+        &[
+            "save",
+            "--from-dir",
+            s(&src),
+            "--name",
+            "first",
+            "--description",
+            "the first",
+        ],
+    );
+    ok(&root, &["save", "--from-dir", s(&src), "--name", "second"]);
+    let table = ok(&root, &["list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    for col in [
+        "ID",
+        "NAME",
+        "CPU",
+        "MEMORY",
+        "SIZE",
+        "DESCRIPTION",
+        "CREATED",
+    ] {
+        assert!(lines[0].contains(col), "{col} in {}", lines[0]);
+    }
+    assert!(lines[1].contains("first") && lines[1].contains("the first"));
+    assert!(lines[2].contains("second"));
+
+    let list = json(&ok(&root, &["list", "--json"]));
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "first");
+    assert!(list[0].get("pending").is_none());
+    assert!(list[0]["size_bytes"].as_u64().unwrap() > 18 * MIB);
+}
+
+#[test]
+fn errors_exit_1_and_name_the_ref_or_path() {
+    let (tmp, root, src) = setup();
+    ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
+
+    let err = fails(&root, &["inspect", "nope"]);
+    assert!(err.contains("\"nope\""), "{err}");
+    let err = fails(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
+    assert!(err.contains("\"base\"") && err.contains("taken"), "{err}");
+    let missing = tmp.path().join("missing-dir");
+    let err = fails(&root, &["save", "--from-dir", s(&missing)]);
+    assert!(err.contains("missing-dir"), "{err}");
+    let err = fails(&root, &["import", "--from-dir", s(&src)]);
+    assert!(
+        err.contains("snapshot.json missing") && err.contains(s(&src)),
+        "{err}"
+    );
+
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("x"), b"x").unwrap();
+    let err = fails(&root, &["clone", "base", "--to-dir", s(&busy)]);
+    assert!(err.contains("not empty") && err.contains("busy"), "{err}");
+    let err = fails(&root, &["export", "base", "--to-dir", s(&busy)]);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (_tmp, root, _src) = setup();
+    for args in [
+        &["bogus"][..],
+        &["rm"],
+        &["clone", "--to-dir", "x"],
+        &["save"],
+        &["save", "--from-dir", "x", "--move", "--link"],
+    ] {
+        let out = snapstore(&root, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn rm_prints_each_id_and_deletes_nothing_when_a_ref_fails() {
+    let (_tmp, root, src) = setup();
+    let a = ok(&root, &["save", "--from-dir", s(&src), "--name", "a"])
+        .trim()
+        .to_string();
+    let b = ok(&root, &["save", "--from-dir", s(&src), "--name", "b"])
+        .trim()
+        .to_string();
+    let before = store_state(&root);
+    let err = fails(&root, &["rm", "a", "zzz-none"]);
+    assert!(err.contains("zzz-none"), "{err}");
+    assert_eq!(store_state(&root), before);
+    let out = ok(&root, &["rm", "a", &b[..5]]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), [a.as_str(), b.as_str()]);
+    assert_eq!(ok(&root, &["list", "--json"]).trim(), "[]");
+}
+
+/// A lease held by another process (this test process, through the library) makes `rm` in the
+/// CLI fail with "in use"; `--force` deletes anyway.
+#[tokio::test]
+async fn rm_of_a_snapshot_leased_by_another_process_is_in_use() {
+    use snapstore::Direct;
+    let (_tmp, root, src) = setup();
+    ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
+    let store = snapstore::LocalFile::open(&root).unwrap();
+    let (_dir, _cfg, lease) = store.data_dir("base").await.unwrap();
+    let err = fails(&root, &["rm", "base"]);
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(
+        json(&ok(&root, &["list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    ok(&root, &["rm", "--force", "base"]);
+    drop(lease);
+}
+
+#[test]
+fn clone_export_import_round_trip_through_the_cli() {
+    let (tmp, root, src) = setup();
+    ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
+
+    let run = tmp.path().join("run");
+    let report = json(&ok(
+        &root,
+        &["--json", "clone", "base", "--to-dir", s(&run)],
+    ));
+    assert_eq!(report["config"]["name"], "base");
+    assert_eq!(report["files"].as_array().unwrap().len(), 4);
+    let table = ok(
+        &root,
+        &[
+            "clone",
+            "base",
+            "--to-dir",
+            s(&tmp.path().join("run2")),
+            "--no-hardlink",
+        ],
+    );
+    assert!(
+        table.starts_with("FILE") && !table.contains("hardlink"),
+        "{table}"
+    );
+
+    let out = tmp.path().join("out");
+    ok(&root, &["export", "base", "--to-dir", s(&out)]);
+    assert!(out.join("snapshot.json").exists());
+    let id = ok(&root, &["import", "--from-dir", s(&out), "--name", "copy"]);
+    assert_eq!(json(&ok(&root, &["inspect", "copy"]))["id"], id.trim());
+
+    let run3 = tmp.path().join("run3");
+    ok(
+        &root,
+        &["clone", "--from-dir", s(&out), "--to-dir", s(&run3)],
+    );
+    for name in ["config.json", "cow.raw", "memory-range-0", "state.json"] {
+        assert!(same_file(&src.join(name), &run3.join(name)), "{name}");
+    }
+    assert!(!run3.join("snapshot.json").exists());
+}
+
+#[test]
+fn tar_export_and_import_say_not_supported_yet() {
+    let (_tmp, root, src) = setup();
+    ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
+    let err = fails(&root, &["export", "base"]);
+    assert!(err.contains("not supported yet"), "{err}");
+}
+
+#[test]
+fn doctor_probes_the_store_and_each_dir() {
+    let (tmp, root, _src) = setup();
+    let report = json(&ok(&root, &["--json", "doctor", s(tmp.path())]));
+    let report = report.as_array().unwrap();
+    assert_eq!(report.len(), 2);
+    for entry in report {
+        for key in [
+            "fs_type",
+            "reflink_from_store",
+            "hardlink_from_store",
+            "seek_hole",
+            "available_bytes",
+            "memory_files",
+            "other_files",
+        ] {
+            assert!(entry.get(key).is_some(), "{key} in {entry}");
+        }
+    }
+    assert_eq!(
+        report[1]["hardlink_from_store"], true,
+        "same filesystem as the store"
+    );
+    // No scratch files are left behind.
+    assert_eq!(
+        tree(tmp.path())
+            .iter()
+            .filter(|p| p.contains("probe"))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn demo_runs_and_cleans_up_after_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapstore"))
+        .args(["demo", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for step in ["save", "clone", "export --to-dir", "import --from-dir"] {
+        assert!(text.contains(step), "{step} in {text}");
+    }
+    assert!(text.contains("verified"), "{text}");
+    assert_eq!(tree(tmp.path()), Vec::<String>::new());
+}
+
+#[test]
+fn the_root_comes_from_the_environment_when_not_given() {
+    let (tmp, _root, src) = setup();
+    let env_root = tmp.path().join("env-root");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapstore"))
+        .args(["save", "--name", "e", "--from-dir"])
+        .arg(&src)
+        .env("SNAPSTORE_ROOT", &env_root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(env_root.join("snapshot/db/snapshots.json").exists());
+}

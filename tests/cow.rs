@@ -1,0 +1,237 @@
+//! Copy-on-write on real filesystems: loop-mounted btrfs and XFS from `ci/with-cow-fs.sh`.
+//!
+//! What is checked is what the kernel says, not what snapstore reports: `filefrag -v` must show
+//! every extent of both the source and the clone as `shared`, the clone must be its own inode,
+//! and a copy must allocate no more blocks than its source.
+
+#![allow(clippy::unwrap_used)] // test code: a failure is a test failure
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use snapstore::{
+    CloneMethod, CloneOptions, CloneSource, Config, DirectoryExporter, Error, FileReport,
+    LocalFile, SaveOptions, Snapshot,
+};
+
+const GIB: u64 = 1 << 30;
+const FILES: [&str; 4] = ["config.json", "cow.raw", "memory-range-0", "state.json"];
+
+fn config(name: &str) -> Config {
+    Config {
+        name: name.into(),
+        cpu: 2,
+        memory: GIB as i64,
+        storage: (8 * GIB) as i64,
+        ..Config::default()
+    }
+}
+
+fn assert_all(files: &[FileReport], method: CloneMethod, what: &str) {
+    assert_eq!(files.len(), FILES.len(), "{what}: {files:?}");
+    for f in files {
+        assert_eq!(f.method, method, "{what}: {}", f.name);
+    }
+}
+
+/// Each file of `b` is a reflink of the same file of `a`: same bytes, its own inode, and every
+/// extent of both shared, as the kernel reports it.
+fn assert_reflinked(a: &Path, b: &Path) {
+    for name in FILES {
+        let (fa, fb) = (a.join(name), b.join(name));
+        assert!(same_file(&fa, &fb), "{name}: bytes differ");
+        assert_ne!(ino(&fa), ino(&fb), "{name}: a reflink is its own inode");
+        assert!(
+            all_extents_shared(&fb),
+            "{name}: filefrag shows unshared extents in {}",
+            fb.display()
+        );
+        assert!(
+            all_extents_shared(&fa),
+            "{name}: filefrag shows unshared extents in {}",
+            fa.display()
+        );
+    }
+}
+
+/// save, clone and export --to-dir of a 9 GiB-apparent snapshot reflink every file.
+async fn reflink_every_file(var: &str) {
+    let Some(tmp) = cow_dir(var) else { return };
+    let src = vm_snapshot(&tmp.path().join("src"), GIB, 8 * GIB, 256 * MIB);
+    let store = LocalFile::open(tmp.path().join("root")).unwrap();
+
+    let saved = store
+        .create(config("base"), src.clone(), SaveOptions::default())
+        .await
+        .unwrap();
+    assert_all(&saved.files, CloneMethod::Reflink, "save");
+    let data = store.layout().data_dir(&saved.id);
+    assert_reflinked(&src, &data);
+    let apparent: u64 = saved.files.iter().map(|f| f.bytes).sum();
+    assert!(apparent > 9 * GIB, "{apparent}");
+
+    let run = tmp.path().join("run");
+    let cloned = store
+        .clone_to_dir(
+            CloneSource::Ref("base".into()),
+            run.clone(),
+            CloneOptions::default(),
+        )
+        .await
+        .unwrap();
+    // Reflink comes first on the ladder: memory is reflinked, not hardlinked.
+    assert_all(&cloned.files, CloneMethod::Reflink, "clone");
+    assert_reflinked(&data, &run);
+
+    let out = tmp.path().join("export");
+    let exported = store.export_to_dir("base", out.clone()).await.unwrap();
+    assert_all(&exported.files, CloneMethod::Reflink, "export");
+    assert_reflinked(&data, &out);
+    assert!(out.join("snapshot.json").exists());
+
+    let imported = store
+        .import_from_dir(out.clone(), Some("again".into()), None)
+        .await
+        .unwrap();
+    assert_all(&imported.files, CloneMethod::Reflink, "import");
+    assert_reflinked(&out, &store.layout().data_dir(&imported.id));
+
+    let from_dir = tmp.path().join("run-from-dir");
+    let opts = CloneOptions {
+        hardlink: true,
+        require_cow: true,
+    };
+    let cloned = store
+        .clone_to_dir(CloneSource::Dir(out), from_dir.clone(), opts)
+        .await
+        .unwrap();
+    assert_all(
+        &cloned.files,
+        CloneMethod::Reflink,
+        "clone --from-dir --require-cow",
+    );
+}
+
+#[tokio::test]
+async fn btrfs_reflinks_every_file() {
+    reflink_every_file("SNAPSTORE_TEST_BTRFS").await;
+}
+
+#[tokio::test]
+async fn xfs_reflinks_every_file() {
+    reflink_every_file("SNAPSTORE_TEST_XFS").await;
+}
+
+/// A clone from btrfs to XFS cannot reflink (EXDEV) nor hardlink (EXDEV): it copies, holes kept.
+#[tokio::test]
+async fn across_filesystems_the_ladder_falls_to_a_sparse_copy() {
+    let (Some(btrfs), Some(xfs)) = (
+        cow_dir("SNAPSTORE_TEST_BTRFS"),
+        cow_dir("SNAPSTORE_TEST_XFS"),
+    ) else {
+        return;
+    };
+    let src = vm_snapshot(&btrfs.path().join("src"), 64 * MIB, GIB, 32 * MIB);
+    let store = LocalFile::open(btrfs.path().join("root")).unwrap();
+    let saved = store
+        .create(config("base"), src, SaveOptions::default())
+        .await
+        .unwrap();
+    let data = store.layout().data_dir(&saved.id);
+
+    let run = xfs.path().join("run");
+    let cloned = store
+        .clone_to_dir(
+            CloneSource::Ref("base".into()),
+            run.clone(),
+            CloneOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_all(&cloned.files, CloneMethod::Copy, "clone across filesystems");
+    for name in FILES {
+        let (a, b) = (data.join(name), run.join(name));
+        assert!(same_file(&a, &b), "{name}");
+        assert!(
+            !all_extents_shared(&b) || blocks(&b) == 0,
+            "{name}: a copy shares nothing"
+        );
+        // XFS may preallocate a little past EOF for small files; allow one 64 KiB extent.
+        assert!(
+            blocks(&b) <= blocks(&a) + 128,
+            "{name}: {} > {}",
+            blocks(&b),
+            blocks(&a)
+        );
+    }
+    assert_eq!(
+        data_segments(&run.join("cow.raw")).len(),
+        data_segments(&data.join("cow.raw")).len()
+    );
+
+    let refused = xfs.path().join("refused");
+    let opts = CloneOptions {
+        hardlink: true,
+        require_cow: true,
+    };
+    let err = store
+        .clone_to_dir(CloneSource::Ref("base".into()), refused.clone(), opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CowRequired { .. }), "{err:?}");
+    assert!(!refused.exists());
+}
+
+/// A copy that would not fit fails before writing anything, naming the target.
+#[tokio::test]
+async fn a_copy_that_would_not_fit_fails_up_front() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("SNAPSTORE_REQUIRE_COW").is_none(),
+            "CI runs as root"
+        );
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = vm_snapshot(&tmp.path().join("src"), 8 * MIB, 64 * MIB, 16 * MIB);
+    let store = LocalFile::open(tmp.path().join("root")).unwrap();
+    store
+        .create(config("base"), src, SaveOptions::default())
+        .await
+        .unwrap();
+
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&small);
+
+    let run = small.join("run");
+    let err = store
+        .clone_to_dir(
+            CloneSource::Ref("base".into()),
+            run.clone(),
+            CloneOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NoSpace { path, needed, available } if *path == run && needed > available),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not enough space"), "{err}");
+    assert!(!run.exists(), "nothing written");
+}
