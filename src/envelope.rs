@@ -125,13 +125,18 @@ pub fn read_config(path: &Path) -> Result<Config> {
             path: path.to_path_buf(),
             source,
         })?;
+    let invalid = |source| Error::ConfigInvalid {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !value.is_object() {
+        // serde would read an array as a struct, field by field; a config is an object.
+        return Err(invalid(serde::de::Error::custom("expected a JSON object")));
+    }
     if value.get("config").is_some() && value.get("version").is_some() {
         return Ok(Envelope::parse(&bytes, path)?.config);
     }
-    serde_json::from_value(value).map_err(|source| Error::ConfigInvalid {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_value(value).map_err(invalid)
 }
 
 /// Writes `dir/snapshot.json` atomically and durably; returns its path.
