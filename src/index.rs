@@ -14,7 +14,7 @@
 //! index that does not parse is never overwritten: every operation refuses it, naming the file.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -127,18 +127,36 @@ pub(crate) struct IndexLock {
 
 impl IndexLock {
     /// Waits for the lock on `path`, creating the lock file if needed.
-    pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<IndexLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .map_err(|e| Error::io("open lock file", path, e))?;
+    ///
+    /// A reader opens the lock file read-only, so a store on a read-only filesystem still lists;
+    /// where the lock file is missing there and cannot be made, no writer can exist either, and
+    /// the reader goes ahead without a lock.
+    pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<Option<IndexLock>> {
+        let file = if exclusive {
+            open_for_lock(path)
+        } else {
+            match File::open(path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => match open_for_lock(path) {
+                    Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => return Ok(None),
+                    other => other,
+                },
+                other => other,
+            }
+        }
+        .map_err(|e| Error::io("open lock file", path, e))?;
         let lock = FileLock::lock(file, exclusive).map_err(|e| Error::io("lock", path, e))?;
-        Ok(IndexLock { _lock: lock })
+        Ok(Some(IndexLock { _lock: lock }))
     }
+}
+
+fn open_for_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
 }
 
 #[cfg(test)]

@@ -235,3 +235,54 @@ async fn a_copy_that_would_not_fit_fails_up_front() {
     assert!(err.to_string().contains("not enough space"), "{err}");
     assert!(!run.exists(), "nothing written");
 }
+
+/// A read-only store root: a save fails naming the path and changes nothing; reads still work.
+#[tokio::test]
+async fn a_read_only_store_refuses_writes_and_still_lists() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("SNAPSTORE_REQUIRE_COW").is_none(),
+            "CI runs as root"
+        );
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = vm_snapshot(&tmp.path().join("src"), MIB, 4 * MIB, MIB);
+    let mnt = tmp.path().join("ro");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |args: &[&str]| {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount {args:?}");
+    };
+    mount(&["-t", "tmpfs", "-o", "size=64m", "tmpfs"]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+
+    let store = LocalFile::open(&mnt).unwrap();
+    store
+        .create(config("base"), src.clone(), SaveOptions::default())
+        .await
+        .unwrap();
+    mount(&["-o", "remount,ro"]);
+    let before = store_state(&mnt);
+
+    let err = store
+        .create(config("new"), src, SaveOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(mnt.to_str().unwrap()), "{err}");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS), "{err:?}");
+    assert_eq!(store_state(&mnt), before);
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    assert_eq!(store.inspect("base").await.unwrap().config.name, "base");
+}
