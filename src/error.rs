@@ -140,11 +140,15 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A store operation that this version does not implement yet.
-    #[error("{operation} is not supported yet")]
-    Unsupported {
-        /// The operation, for example `tar export`.
-        operation: &'static str,
+    /// An archive entry that could write outside the snapshot, or is not what a snapshot holds.
+    #[error("refusing entry {entry:?} of {}: {reason}", .archive.display())]
+    HostileEntry {
+        /// The archive (its path, or `<stdin>`).
+        archive: PathBuf,
+        /// The entry's name as the archive gives it.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
 
     /// A rung of the clone ladder failed for a reason other than "not possible here".

@@ -8,7 +8,7 @@
 //!
 //! The on-disk layout and the index are those of cocoon's localfile snapshot backend, so
 //! snapstore can manage a cocoon root. Read the modules in order to see the whole design:
-//! types → index → resolve → envelope → clone ladder → store.
+//! types → index → resolve → envelope → clone ladder → store → archive.
 //!
 //! ```no_run
 //! # async fn demo() -> snapstore::Result<()> {
@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod archive;
 mod clone;
 mod envelope;
 mod error;
@@ -36,6 +37,9 @@ mod store;
 mod sys;
 mod types;
 
+pub use crate::archive::{
+    Compression, DEFAULT_MAX_FILE_SIZE, ExportOptions, ImportOptions, SparseFormat,
+};
 pub use crate::clone::probe::Capabilities;
 pub use crate::clone::{DEFAULT_IMMUTABLE_PATTERNS, FileClasses};
 pub use crate::envelope::{
@@ -43,8 +47,9 @@ pub use crate::envelope::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::store::{
-    CloneOptions, CloneReport, CloneSource, CreateReport, Direct, DirectoryExporter, Layout, Lease,
-    LocalFile, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
+    CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
+    DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions, Skipped, Snapshot,
+    TarStream,
 };
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};
 

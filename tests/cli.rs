@@ -251,11 +251,86 @@ fn clone_export_import_round_trip_through_the_cli() {
 }
 
 #[test]
-fn tar_export_and_import_say_not_supported_yet() {
-    let (_tmp, root, src) = setup();
+fn tar_export_names_its_output_and_pipes_into_import() {
+    let (tmp, root, src) = setup();
     ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
-    let err = fails(&root, &["export", "base"]);
-    assert!(err.contains("not supported yet"), "{err}");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapstore"))
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["export", "base"]);
+    run(&["export", "base", "--gzip"]);
+    run(&["export", "base", "--zstd", "--sparse-format", "gnu"]);
+    for (name, magic) in [
+        ("base.tar", &b"snap"[..]),
+        ("base.tar.gz", &[0x1f, 0x8b]),
+        ("base.tar.zst", &[0x28, 0xb5]),
+    ] {
+        let bytes = std::fs::read(tmp.path().join(name)).unwrap();
+        assert!(bytes.starts_with(magic), "{name}");
+        assert_eq!(mode(&tmp.path().join(name)), 0o644, "{name}");
+        let id = ok(
+            &root,
+            &["import", s(&tmp.path().join(name)), "--name", name],
+        );
+        assert_eq!(id.trim().len(), 26);
+    }
+
+    // export -o - | import, through a real pipe.
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{bin}' --root '{root}' export base -o - | '{bin}' --root '{root}' import --name piped --description via-pipe",
+            bin = env!("CARGO_BIN_EXE_snapstore"),
+            root = root.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let rec = json(&ok(&root, &["inspect", "piped"]));
+    assert_eq!(rec["description"], "via-pipe");
+    let data = root
+        .join("snapshot/localfile")
+        .join(rec["id"].as_str().unwrap());
+    for name in ["config.json", "cow.raw", "memory-range-0", "state.json"] {
+        assert!(same_file(&src.join(name), &data.join(name)), "{name}");
+    }
+}
+
+#[test]
+fn a_failed_export_leaves_no_file_and_import_errors_name_the_archive() {
+    let (tmp, root, _src) = setup();
+    let target = tmp.path().join("out.tar");
+    let err = fails(&root, &["export", "nope", "-o", s(&target)]);
+    assert!(err.contains("\"nope\""), "{err}");
+    assert_eq!(
+        tree(tmp.path())
+            .iter()
+            .filter(|p| !p.starts_with("root") && !p.starts_with("src"))
+            .count(),
+        0
+    );
+
+    let junk = tmp.path().join("junk.tar");
+    std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+    let err = fails(&root, &["import", s(&junk)]);
+    assert!(err.contains("junk.tar"), "{err}");
+    let err = fails(&root, &["import", s(&tmp.path().join("missing.tar"))]);
+    assert!(err.contains("missing.tar"), "{err}");
 }
 
 #[test]

@@ -713,25 +713,6 @@ async fn non_regular_entries_are_skipped_and_reported() {
 }
 
 #[tokio::test]
-async fn tar_operations_say_they_are_not_supported_yet() {
-    let f = fixture();
-    f.save("base").await;
-    assert!(matches!(
-        f.store.export("base").await,
-        Err(Error::Unsupported { .. })
-    ));
-    assert!(matches!(
-        f.store.restore("base").await,
-        Err(Error::Unsupported { .. })
-    ));
-    let empty: snapstore::TarStream = Box::new(std::io::empty());
-    assert!(matches!(
-        f.store.import(empty, None, None).await,
-        Err(Error::Unsupported { .. })
-    ));
-}
-
-#[tokio::test]
 async fn concurrent_saves_and_deletes_keep_the_index_whole() {
     let f = fixture();
     let mut tasks = Vec::new();

@@ -1,10 +1,15 @@
-//! `snapstore export REF --to-dir DIR`: the snapshot's files and its snapshot.json, standing
-//! alone (never hardlinked), for rsync and NFS.
+//! `snapstore export REF`: a tar archive (the default; `-o FILE`, `-o -` for stdout) or, with
+//! `--to-dir DIR`, a plain directory with snapshot.json, standing alone for rsync and NFS.
+//!
+//! An archive goes to a temp file beside its target and is renamed into place only when
+//! complete: a failed or interrupted (Ctrl-C) export leaves no output, and never clobbers an
+//! older file of the same name.
 
-use std::path::PathBuf;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use snapstore::{DirectoryExporter, LocalFile, Snapshot};
+use anyhow::{Context, Result};
+use snapstore::{Compression, DirectoryExporter, ExportOptions, LocalFile, Snapshot, SparseFormat};
 
 use super::{Output, files_table};
 
@@ -12,21 +17,118 @@ use super::{Output, files_table};
 pub(crate) struct Args {
     /// Snapshot to export: ID, name, or unique ID prefix
     reference: String,
-    /// Target directory: new or empty
-    #[arg(long, value_name = "DIR")]
+    /// Export to a new or empty directory instead of an archive
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "gzip", "zstd", "sparse_format"])]
     to_dir: Option<PathBuf>,
+    /// Archive path, or - for stdout [default: NAME.tar, .tar.gz, .tar.zst]
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Compress with gzip, on every core
+    #[arg(long, conflicts_with = "zstd")]
+    gzip: bool,
+    /// Compress with zstd, multithreaded
+    #[arg(long)]
+    zstd: bool,
+    /// How sparse files are written: cocoon's PAX records, or GNU tar's PAX 1.0
+    #[arg(long, value_enum, default_value_t = Format::Cocoon)]
+    sparse_format: Format,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Cocoon,
+    Gnu,
 }
 
 pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()> {
-    let Some(dir) = args.to_dir else {
-        // The tar layer: the library says plainly that it is not there yet.
-        store.export(&args.reference).await?;
-        anyhow::bail!("tar export returned no stream");
+    if let Some(dir) = args.to_dir {
+        let report = store.export_to_dir(&args.reference, dir).await?;
+        return if out.json {
+            out.json(&report)
+        } else {
+            out.line(files_table(&report.files))
+        };
+    }
+    let compression = match (args.gzip, args.zstd) {
+        (true, _) => Compression::Gzip,
+        (_, true) => Compression::Zstd,
+        _ => Compression::None,
     };
-    let report = store.export_to_dir(&args.reference, dir).await?;
+    let opts = ExportOptions {
+        compression,
+        sparse_format: match args.sparse_format {
+            Format::Cocoon => SparseFormat::Cocoon,
+            Format::Gnu => SparseFormat::Gnu,
+        },
+    };
+    let target = match args.output {
+        Some(path) => path,
+        None => {
+            let record = store.inspect(&args.reference).await?;
+            let stem = if record.config.name.is_empty() {
+                record.config.id
+            } else {
+                record.config.name
+            };
+            PathBuf::from(format!("{stem}{}", compression.extension()))
+        }
+    };
+    if target.as_os_str() == "-" {
+        let stdout = Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout()));
+        store
+            .export_to(&args.reference, opts, stdout, PathBuf::from("<stdout>"))
+            .await?;
+        return Ok(());
+    }
+
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".snapstore-export-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    let file = temp
+        .reopen()
+        .with_context(|| format!("cannot open {}", temp.path().display()))?;
+    let writer = Box::new(SyncOnFlush(BufWriter::with_capacity(1 << 20, file)));
+    let export = store.export_to(&args.reference, opts, writer, target.clone());
+    tokio::select! {
+        done = export => done?,
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping `temp` removes the partial archive.
+            drop(temp);
+            anyhow::bail!("interrupted: no archive written to {}", target.display());
+        }
+    }
+    temp.persist(&target)
+        .with_context(|| format!("cannot rename the archive to {}", target.display()))?;
+    out.note(format_args!(
+        "exported {} to {}",
+        args.reference,
+        display(&target)
+    ));
     if out.json {
-        out.json(&report)
-    } else {
-        out.line(files_table(&report.files))
+        out.json(&serde_json::json!({ "path": target }))?;
+    }
+    Ok(())
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Flushes to disk on the final flush, so the renamed archive is complete after a crash too.
+struct SyncOnFlush(BufWriter<std::fs::File>);
+
+impl Write for SyncOnFlush {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.0.get_ref().sync_data()
     }
 }

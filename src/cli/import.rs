@@ -1,15 +1,19 @@
-//! `snapstore import --from-dir DIR`: a new snapshot from a directory carrying snapshot.json.
+//! `snapstore import [FILE | -]`: a new snapshot from a tar archive (raw, gzip or zstd, from a
+//! file or stdin), or with `--from-dir DIR` from a directory carrying snapshot.json.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use snapstore::{LocalFile, Snapshot};
+use anyhow::{Context, Result};
+use snapstore::{DEFAULT_MAX_FILE_SIZE, ImportOptions, LocalFile, TarStream};
 
 use super::Output;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Directory carrying snapshot.json and the files it lists
+    /// Archive to import, or - for stdin [default: stdin]
+    #[arg(value_name = "FILE", conflicts_with = "from_dir")]
+    archive: Option<PathBuf>,
+    /// Import a directory carrying snapshot.json and the files it lists instead
     #[arg(long, value_name = "DIR")]
     from_dir: Option<PathBuf>,
     /// Name of the new snapshot [default: the envelope's]
@@ -18,18 +22,36 @@ pub(crate) struct Args {
     /// Description of the new snapshot [default: the envelope's]
     #[arg(long)]
     description: Option<String>,
+    /// Largest real size of one file in the archive, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_SIZE)]
+    max_file_size: u64,
 }
 
 pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()> {
-    let Some(dir) = args.from_dir else {
-        // The tar layer: the library says plainly that it is not there yet.
-        let stdin: snapstore::TarStream = Box::new(std::io::stdin());
-        store.import(stdin, args.name, args.description).await?;
-        anyhow::bail!("tar import returned no snapshot");
+    let report = match args.from_dir {
+        Some(dir) => {
+            store
+                .import_from_dir(dir, args.name, args.description)
+                .await?
+        }
+        None => {
+            let (input, label): (TarStream, PathBuf) = match args.archive {
+                Some(path) if path.as_os_str() != "-" => {
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("cannot open archive {}", path.display()))?;
+                    (Box::new(file), path)
+                }
+                _ => (Box::new(std::io::stdin()), PathBuf::from("<stdin>")),
+            };
+            let opts = ImportOptions {
+                name: args.name,
+                description: args.description,
+                max_file_size: args.max_file_size,
+                label,
+            };
+            store.import_with(input, opts).await?
+        }
     };
-    let report = store
-        .import_from_dir(dir, args.name, args.description)
-        .await?;
     out.files("imported", &report.files);
     if out.json {
         out.json(&report)

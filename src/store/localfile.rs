@@ -7,10 +7,12 @@
 //! most an orphan dir, neither of which is ever listed or resolved.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::archive::{self, Compression, ExportOptions, ImportOptions, compress, export, import};
 use crate::clone::{self, FileClasses, Job};
 use crate::envelope::{self, ENVELOPE_FILE, Envelope};
 use crate::error::{Error, Result};
@@ -18,8 +20,8 @@ use crate::fsutil::{self, Cleanup};
 use crate::index::{Index, IndexLock};
 use crate::resolve;
 use crate::store::{
-    CloneOptions, CloneReport, CloneSource, CreateReport, Direct, DirectoryExporter, Layout, Lease,
-    SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
+    CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
+    DirectoryExporter, Layout, Lease, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
 };
 use crate::sys;
 use crate::types::{CloneMethod, Config, FileReport, Record, SnapshotId, gotime, is_plain_name};
@@ -112,6 +114,78 @@ impl LocalFile {
         blocking(move || clone::probe::probe(&dir, &store.layout().staging_root())).await
     }
 
+    /// Writes the snapshot as a tar archive to `out`: `snapshot.json`, then its data files,
+    /// sparse files in `opts.sparse_format`, compressed as `opts.compression` says. `label`
+    /// names the output in errors. Holds a lease on the snapshot while it reads.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Io`] naming the file read or the output written.
+    pub async fn export_to(
+        &self,
+        reference: &str,
+        opts: ExportOptions,
+        out: Box<dyn Write + Send>,
+        label: PathBuf,
+    ) -> Result<()> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || {
+            let (lease, dir, config, names) = store.open_for_read(&reference)?;
+            let envelope = Envelope::new(config, names.clone());
+            write_archive(&dir, &names, Some(&envelope), opts, out, &label)?;
+            drop(lease);
+            Ok(())
+        })
+        .await
+    }
+
+    /// A new snapshot from a tar archive, raw, gzip or zstd (detected by magic bytes).
+    ///
+    /// # Errors
+    /// [`Error::HostileEntry`], [`Error::EnvelopeMissing`], [`Error::ListedFileMissing`],
+    /// [`Error::EnvelopeVersion`], [`Error::NameTaken`], [`Error::Io`] for a truncated or
+    /// corrupt stream. On any error nothing remains and the name is free.
+    pub async fn import_with(&self, input: TarStream, opts: ImportOptions) -> Result<CreateReport> {
+        let store = self.clone();
+        blocking(move || store.import_blocking(input, &opts)).await
+    }
+
+    /// A tar stream of the snapshot, written on its own thread while the caller reads; with the
+    /// envelope first (`export`) or without it (`restore`).
+    fn stream(
+        &self,
+        reference: &str,
+        opts: ExportOptions,
+        with_envelope: bool,
+    ) -> Result<(Config, TarStream)> {
+        let (lease, dir, config, names) = self.open_for_read(reference)?;
+        let envelope = with_envelope.then(|| Envelope::new(config.clone(), names.clone()));
+        let (writer, reader) = archive::channel();
+        let failed = writer.failer();
+        std::thread::spawn(move || {
+            let label = PathBuf::from("<export stream>");
+            if let Err(e) = write_archive(
+                &dir,
+                &names,
+                envelope.as_ref(),
+                opts,
+                Box::new(writer),
+                &label,
+            ) {
+                // Gone when the reader dropped the stream, which is how a caller stops it.
+                failed.fail(std::io::Error::other(e));
+            }
+            drop(lease);
+        });
+        Ok((config, Box::new(reader)))
+    }
+
+    /// The snapshot's data dir, config and file names, under a lease held until dropped.
+    fn open_for_read(&self, reference: &str) -> Result<(Lease, PathBuf, Config, Vec<String>)> {
+        let (dir, config, lease) = self.data_dir_blocking(reference)?;
+        let (names, _) = data_files(&dir)?;
+        Ok((lease, dir, config, names))
+    }
+
     // ---- index ----
 
     fn read_index(&self) -> Result<Index> {
@@ -164,78 +238,57 @@ impl LocalFile {
         self.ingest(config, dir, &names, skipped, SaveOptions::default())
     }
 
-    /// The one path by which data enters the store.
+    /// The path by which a directory enters the store: claim the name, fill the staging dir
+    /// through the ladder (or by renames), commit.
     fn ingest(
         &self,
-        mut config: Config,
+        config: Config,
         src: &Path,
         names: &[String],
         skipped: Vec<Skipped>,
         opts: SaveOptions,
     ) -> Result<CreateReport> {
-        let layout = self.layout();
-        let id = SnapshotId::generate()?;
-        config.id = id.to_string();
-        // Held for as long as the snapshot is pending: gc sees a live creator by this lock.
-        let lease_file = layout.lease_file(&id);
-        let _build = Lease::try_exclusive(&lease_file, &id)?
-            .ok_or_else(|| Error::InUse { id: id.clone() })?;
-        // A failed create leaves no lease file behind; it is removed before the lock is dropped,
-        // and no one else can be waiting on a lease of a snapshot that never completed.
-        let mut lease_cleanup = Cleanup::new();
-        lease_cleanup.push(lease_file);
-
-        let data_dir = layout.data_dir(&id);
-        let pending = Record {
-            config,
-            created_at: gotime::now(),
-            data_dir: data_dir.display().to_string(),
-            size_bytes: 0,
-            pending: true,
-            last_accessed_at: None,
-            extra: serde_json::Map::new(),
-        };
-        self.update_index(|index| index.insert(id.clone(), pending))?;
-        let rollback = PendingRecord {
-            store: self,
-            id: id.clone(),
-        };
-
-        let mut cleanup = Cleanup::new();
-        let staging = layout.staging_dir(&id);
-        fsutil::create_dir(&staging, DIR_MODE)?;
-        cleanup.push(staging.clone());
+        let mut creation = Creation::begin(self)?;
+        creation.claim(config)?;
+        // Declared after `creation`, so dropped first: moved files go back before the staging
+        // dir that holds them is removed.
         let mut moved = MovedBack::default();
-        let files = self.fill(src, names, &staging, opts, &mut moved)?;
-        let size_bytes = files.iter().map(|f| f.bytes).sum();
-
-        for file in &files {
-            fsutil::set_mode(&staging.join(&file.name), fsutil::READ_ONLY)?;
-        }
-        fsutil::fsync_dir(&staging)?;
-        fsutil::rename(&staging, &data_dir)?;
-        cleanup.push(data_dir.clone());
-        moved.relocate(&staging, &data_dir);
-        fsutil::fsync_dir(&layout.data_root())?;
-        fsutil::fsync_dir(&layout.staging_root())?;
-
-        self.update_index(|index| {
-            let record = index
-                .snapshots
-                .get_mut(&id)
-                .ok_or_else(|| Error::NotFound {
-                    reference: id.to_string(),
-                })?;
-            record.pending = false;
-            record.size_bytes = size_bytes;
-            record.last_accessed_at = Some(gotime::now());
-            Ok(())
-        })?;
-        cleanup.disarm();
-        rollback.disarm();
-        lease_cleanup.disarm();
+        let files = self.fill(src, names, &creation.staging, opts, &mut moved)?;
+        let id = creation.commit(&files, &mut moved)?;
         moved.finish()?;
         Ok(CreateReport { id, files, skipped })
+    }
+
+    /// A new snapshot from a tar stream, raw, gzip or zstd.
+    fn import_blocking(&self, input: TarStream, opts: &ImportOptions) -> Result<CreateReport> {
+        // Fail early on a name that is taken; `claim` checks again under the lock.
+        if let Some(name) = &opts.name {
+            let index = self.read_index()?;
+            if let Some(id) = index.names.get(name) {
+                return Err(Error::NameTaken {
+                    name: name.clone(),
+                    id: id.clone(),
+                });
+            }
+        }
+        let mut creation = Creation::begin(self)?;
+        let input =
+            compress::decompressor(input).map_err(|e| Error::io("read archive", &opts.label, e))?;
+        let imported = import::read_tar(input, &opts.label, &creation.staging, opts.max_file_size)?;
+        let mut config = imported.envelope.config;
+        if let Some(name) = &opts.name {
+            config.name = name.clone();
+        }
+        if let Some(description) = &opts.description {
+            config.description = description.clone();
+        }
+        creation.claim(config)?;
+        let id = creation.commit(&imported.files, &mut MovedBack::default())?;
+        Ok(CreateReport {
+            id,
+            files: imported.files,
+            skipped: Vec::new(),
+        })
     }
 
     /// Puts `names` from `src` into the empty dir `staging` as `opts` says.
@@ -457,6 +510,109 @@ impl LocalFile {
     }
 }
 
+/// A snapshot being created: its ID, its build lease, its staging dir, and (once claimed) its
+/// pending record. Dropped before [`Creation::commit`], it removes all of them.
+struct Creation<'a> {
+    store: &'a LocalFile,
+    id: SnapshotId,
+    staging: PathBuf,
+    // Fields drop in this order: files first, then the record, then the lease file, and the
+    // lease itself last, so no one can take the lease while anything of it remains.
+    cleanup: Cleanup,
+    pending: Option<PendingRecord<'a>>,
+    lease_file: Cleanup,
+    _build: Lease,
+}
+
+impl<'a> Creation<'a> {
+    /// A fresh ID, its exclusive lease (held while the snapshot is pending: gc sees a live
+    /// creator by it), and an empty staging dir on the store's filesystem.
+    fn begin(store: &'a LocalFile) -> Result<Creation<'a>> {
+        let layout = store.layout();
+        let id = SnapshotId::generate()?;
+        let lease_path = layout.lease_file(&id);
+        let build = Lease::try_exclusive(&lease_path, &id)?
+            .ok_or_else(|| Error::InUse { id: id.clone() })?;
+        // No one else can be waiting on the lease of a snapshot that never completed.
+        let mut lease_file = Cleanup::new();
+        lease_file.push(lease_path);
+        let staging = layout.staging_dir(&id);
+        fsutil::create_dir(&staging, DIR_MODE)?;
+        let mut cleanup = Cleanup::new();
+        cleanup.push(staging.clone());
+        Ok(Creation {
+            store,
+            id,
+            staging,
+            cleanup,
+            pending: None,
+            lease_file,
+            _build: build,
+        })
+    }
+
+    /// Writes the pending record, claiming the name.
+    ///
+    /// # Errors
+    /// [`Error::NameTaken`].
+    fn claim(&mut self, mut config: Config) -> Result<()> {
+        config.id = self.id.to_string();
+        let record = Record {
+            config,
+            created_at: gotime::now(),
+            data_dir: self.store.layout().data_dir(&self.id).display().to_string(),
+            size_bytes: 0,
+            pending: true,
+            last_accessed_at: None,
+            extra: serde_json::Map::new(),
+        };
+        let id = self.id.clone();
+        self.store.update_index(|index| index.insert(id, record))?;
+        self.pending = Some(PendingRecord {
+            store: self.store,
+            id: self.id.clone(),
+        });
+        Ok(())
+    }
+
+    /// Makes the staged files read-only and durable, renames the staging dir into place, and
+    /// marks the record complete.
+    fn commit(mut self, files: &[FileReport], moved: &mut MovedBack) -> Result<SnapshotId> {
+        let layout = self.store.layout();
+        for file in files {
+            fsutil::set_mode(&self.staging.join(&file.name), fsutil::READ_ONLY)?;
+        }
+        fsutil::fsync_dir(&self.staging)?;
+        let data_dir = layout.data_dir(&self.id);
+        fsutil::rename(&self.staging, &data_dir)?;
+        self.cleanup.push(data_dir.clone());
+        moved.relocate(&self.staging, &data_dir);
+        fsutil::fsync_dir(&layout.data_root())?;
+        fsutil::fsync_dir(&layout.staging_root())?;
+
+        let size_bytes = files.iter().map(|f| f.bytes).sum();
+        let id = self.id.clone();
+        self.store.update_index(|index| {
+            let record = index
+                .snapshots
+                .get_mut(&id)
+                .ok_or_else(|| Error::NotFound {
+                    reference: id.to_string(),
+                })?;
+            record.pending = false;
+            record.size_bytes = size_bytes;
+            record.last_accessed_at = Some(gotime::now());
+            Ok(())
+        })?;
+        if let Some(pending) = self.pending.take() {
+            pending.disarm();
+        }
+        std::mem::take(&mut self.cleanup).disarm();
+        std::mem::take(&mut self.lease_file).disarm();
+        Ok(self.id.clone())
+    }
+}
+
 /// Removes a pending record (and frees its name) unless disarmed.
 struct PendingRecord<'a> {
     store: &'a LocalFile,
@@ -514,6 +670,22 @@ impl Drop for MovedBack {
             let _ = std::fs::rename(&now, &was);
         }
     }
+}
+
+/// Writes a tar archive of `names` in `dir` to `out`, compressed on every core.
+fn write_archive(
+    dir: &Path,
+    names: &[String],
+    envelope: Option<&Envelope>,
+    opts: ExportOptions,
+    out: Box<dyn Write + Send>,
+    label: &Path,
+) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let write_err = |e| Error::io("write archive", label, e);
+    let mut out = compress::compressor(opts.compression, out, threads).map_err(write_err)?;
+    export::write_tar(&mut out, label, dir, names, envelope, opts.sparse_format)?;
+    out.finish().map_err(write_err)
 }
 
 /// The regular files of `dir` (not `snapshot.json`) in name order, and what was skipped.
@@ -604,27 +776,28 @@ impl Snapshot for LocalFile {
         blocking(move || store.delete_blocking(&refs, force)).await
     }
 
-    async fn restore(&self, _reference: &str) -> Result<(Config, TarStream)> {
-        Err(Error::Unsupported {
-            operation: "tar restore",
-        })
+    async fn restore(&self, reference: &str) -> Result<(Config, TarStream)> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || store.stream(&reference, ExportOptions::default(), false)).await
     }
 
-    async fn export(&self, _reference: &str) -> Result<TarStream> {
-        Err(Error::Unsupported {
-            operation: "tar export",
-        })
+    async fn export(&self, reference: &str) -> Result<TarStream> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || Ok(store.stream(&reference, ExportOptions::default(), true)?.1)).await
     }
 
     async fn import(
         &self,
-        _archive: TarStream,
-        _name: Option<String>,
-        _description: Option<String>,
+        archive: TarStream,
+        name: Option<String>,
+        description: Option<String>,
     ) -> Result<SnapshotId> {
-        Err(Error::Unsupported {
-            operation: "tar import",
-        })
+        let opts = ImportOptions {
+            name,
+            description,
+            ..ImportOptions::default()
+        };
+        Ok(self.import_with(archive, opts).await?.id)
     }
 }
 
@@ -632,6 +805,17 @@ impl Direct for LocalFile {
     async fn data_dir(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
         let (store, reference) = (self.clone(), reference.to_string());
         blocking(move || store.data_dir_blocking(&reference)).await
+    }
+}
+
+impl CompressedExporter for LocalFile {
+    async fn export_compressed(&self, reference: &str) -> Result<TarStream> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        let opts = ExportOptions {
+            compression: Compression::Gzip,
+            ..ExportOptions::default()
+        };
+        blocking(move || Ok(store.stream(&reference, opts, true)?.1)).await
     }
 }
 

@@ -157,13 +157,23 @@ pub trait Snapshot {
         force: bool,
     ) -> impl Future<Output = Result<Vec<SnapshotId>>> + Send;
 
-    /// The snapshot's config and a tar stream of its data files (cocoon's `Restore`).
+    /// The snapshot's config and a tar stream of its data files without the envelope (cocoon's
+    /// `Restore`). The stream is written while it is read; dropping it stops the work.
     fn restore(&self, reference: &str) -> impl Future<Output = Result<(Config, TarStream)>> + Send;
 
-    /// A tar stream of the snapshot: `snapshot.json` first, then its data files.
+    /// A tar stream of the snapshot: `snapshot.json` first, then its data files in name order,
+    /// sparse files in cocoon's format. Memory stays flat; dropping the stream stops the work.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound), [`Error::Ambiguous`](crate::Error::Ambiguous).
     fn export(&self, reference: &str) -> impl Future<Output = Result<TarStream>> + Send;
 
-    /// A new snapshot from a tar stream; `name` and `description` override the envelope's.
+    /// A new snapshot from a tar stream (raw, gzip or zstd); `name` and `description` override
+    /// the envelope's. Atomic, as `create` is.
+    ///
+    /// # Errors
+    /// [`Error::HostileEntry`](crate::Error::HostileEntry), [`Error::EnvelopeMissing`](crate::Error::EnvelopeMissing),
+    /// [`Error::NameTaken`](crate::Error::NameTaken), [`Error::Io`](crate::Error::Io).
     fn import(
         &self,
         archive: TarStream,
@@ -193,6 +203,15 @@ pub trait Direct {
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<(PathBuf, Config, Lease)>> + Send;
+}
+
+/// Export as a gzip-compressed tar stream (cocoon's `ExportCompressed`), compressed on every core.
+pub trait CompressedExporter {
+    /// The snapshot as `export` writes it, gzip-compressed. Dropping the stream stops the work.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound), [`Error::Ambiguous`](crate::Error::Ambiguous).
+    fn export_compressed(&self, reference: &str) -> impl Future<Output = Result<TarStream>> + Send;
 }
 
 /// Export into a plain directory with `snapshot.json`, for rsync and NFS workflows.

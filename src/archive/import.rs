@@ -1,0 +1,361 @@
+//! Reading a snapshot archive into a staging dir: any tar stream cocoon, GNU tar or snapstore
+//! writes, raw, gzip or zstd.
+//!
+//! Accepted: regular entries (written with zero-block detection, so a non-sparse archive of a
+//! sparse disk lands sparse), cocoon's `COCOON.sparse.*`, GNU sparse (old 'S' entries and PAX
+//! 0.0, 0.1, 1.0); directory entries are skipped. Refused, as [`Error::HostileEntry`]: names that
+//! are not one plain component (`..`, absolute, nested; a leading `./` alone is fine), links,
+//! devices, fifos, a name twice, a bad sparse map, a real size above the limit. Nothing is
+//! written outside the staging dir: every name is checked before a file is created, and files
+//! are created with O_EXCL in the staging dir itself.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use tar::EntryType;
+
+use crate::archive::sparse::{self, Segment};
+use crate::envelope::{ENVELOPE_FILE, Envelope};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::types::{CloneMethod, FileReport, is_plain_name};
+
+/// Blocks of this size that are all zero become holes.
+const ZERO_BLOCK: usize = 4096;
+
+/// Read size from the archive.
+const READ_BUF: usize = 1 << 20;
+
+/// The largest `snapshot.json` accepted.
+const MAX_ENVELOPE: u64 = 1 << 20;
+
+/// The default ceiling on a file's real size: 16 TiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// What came out of an archive.
+pub(crate) struct Imported {
+    pub(crate) envelope: Envelope,
+    pub(crate) files: Vec<FileReport>,
+}
+
+/// Reads the tar stream `input` into the empty dir `staging`. `label` names the archive in
+/// errors. Checks that `snapshot.json` arrived and, when it lists files, that exactly those did.
+pub(crate) fn read_tar(
+    input: impl Read,
+    label: &Path,
+    staging: &Path,
+    max_size: u64,
+) -> Result<Imported> {
+    let read_err = |e| Error::io("read archive", label, e);
+    let hostile = |entry: &str, reason: &'static str| Error::HostileEntry {
+        archive: label.to_path_buf(),
+        entry: entry.to_string(),
+        reason,
+    };
+    let mut archive = tar::Archive::new(input);
+    let mut envelope = None;
+    let mut seen = BTreeSet::new();
+    let mut files = Vec::new();
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        match kind {
+            EntryType::Directory | EntryType::XGlobalHeader => continue,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {}
+            EntryType::Symlink => return Err(hostile(&raw_name, "symlinks are refused")),
+            EntryType::Link => return Err(hostile(&raw_name, "hardlinks are refused")),
+            EntryType::Char | EntryType::Block => {
+                return Err(hostile(&raw_name, "devices are refused"));
+            }
+            EntryType::Fifo => return Err(hostile(&raw_name, "fifos are refused")),
+            _ => return Err(hostile(&raw_name, "unsupported entry type")),
+        }
+        let pax = pax_records(&mut entry).map_err(read_err)?;
+        let shown = pax
+            .get("GNU.sparse.name")
+            .map_or(raw_name.clone(), |n| lossy(n));
+        let name = plain_name(&shown)
+            .ok_or_else(|| hostile(&shown, "names must be one plain file name"))?;
+        if !seen.insert(name.clone()) {
+            return Err(hostile(&name, "the same name appears twice"));
+        }
+        if name == ENVELOPE_FILE {
+            if entry.size() > MAX_ENVELOPE {
+                return Err(hostile(&name, "snapshot.json is too large"));
+            }
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(read_err)?;
+            envelope = Some(Envelope::parse(&bytes, &label.join(ENVELOPE_FILE))?);
+            continue;
+        }
+
+        let layout = sparse_layout(&mut entry, &pax).map_err(|e| match e {
+            Layout::Bad(reason) => hostile(&name, reason),
+            Layout::Io(e) => read_err(e),
+        })?;
+        if layout.real_size > max_size {
+            return Err(hostile(&name, "real size above the limit"));
+        }
+        let path = staging.join(&name);
+        let file = fsutil::create_new(&path, 0o644)?;
+        file.set_len(layout.real_size)
+            .map_err(|e| Error::io("size", &path, e))?;
+        write_segments(&mut entry, &file, &layout.segments).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other => {
+                read_err(e)
+            }
+            _ => Error::io("write", &path, e),
+        })?;
+        file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+        files.push(FileReport {
+            name,
+            method: CloneMethod::Copy,
+            bytes: layout.real_size,
+        });
+    }
+
+    // tar stops at the end-of-archive blocks; read the stream to its end so a gzip trailer's
+    // CRC-32 and size, and a zstd frame's end, are checked too.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(read_err)?;
+
+    let envelope = envelope.ok_or_else(|| Error::EnvelopeMissing {
+        dir: label.to_path_buf(),
+    })?;
+    if let Some(listed) = &envelope.files {
+        for name in listed {
+            if !seen.contains(name) {
+                return Err(Error::ListedFileMissing {
+                    dir: label.to_path_buf(),
+                    name: name.clone(),
+                });
+            }
+        }
+        let listed: BTreeSet<&String> = listed.iter().collect();
+        if let Some(extra) = files.iter().find(|f| !listed.contains(&f.name)) {
+            return Err(hostile(&extra.name, "not listed in snapshot.json"));
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Imported { envelope, files })
+}
+
+/// An entry's name as one plain file name: a leading `./` is dropped, anything else that is
+/// not a single normal component (`..`, `/x`, `a/b`, empty) is `None`. As tar-rs notes for
+/// CVE-2001-1267, `..` in archive names is the classic way out of the target directory; for a
+/// flat snapshot there is no reason to accept any path at all.
+fn plain_name(raw: &str) -> Option<String> {
+    let name = raw.strip_prefix("./").unwrap_or(raw);
+    is_plain_name(name).then(|| name.to_string())
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An entry's PAX records by key. Repeated keys (GNU 0.0's offset/numbytes) are joined with ','.
+fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<HashMap<String, Vec<u8>>> {
+    let mut records: HashMap<String, Vec<u8>> = HashMap::new();
+    let Some(extensions) = entry.pax_extensions()? else {
+        return Ok(records);
+    };
+    for ext in extensions {
+        let ext = ext?;
+        let key = String::from_utf8_lossy(ext.key_bytes()).into_owned();
+        let slot = records.entry(key).or_default();
+        if !slot.is_empty() {
+            slot.push(b',');
+        }
+        slot.extend_from_slice(ext.value_bytes());
+    }
+    Ok(records)
+}
+
+struct SparseLayout {
+    real_size: u64,
+    segments: Vec<Segment>,
+}
+
+enum Layout {
+    Bad(&'static str),
+    Io(io::Error),
+}
+
+impl From<&'static str> for Layout {
+    fn from(reason: &'static str) -> Layout {
+        Layout::Bad(reason)
+    }
+}
+
+/// Where an entry's data goes in the real file, by whichever sparse format it uses.
+fn sparse_layout<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    pax: &HashMap<String, Vec<u8>>,
+) -> Result<SparseLayout, Layout> {
+    let text = |key: &str| {
+        pax.get(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let data_size = entry.size();
+    let (real_size, segments, data_size) = if let Some(map) = pax.get("COCOON.sparse.map") {
+        let size =
+            text("COCOON.sparse.size").ok_or("COCOON.sparse.map without COCOON.sparse.size")?;
+        (
+            sparse::parse_size(&size)?,
+            sparse::parse_cocoon_map(map)?,
+            data_size,
+        )
+    } else if text("GNU.sparse.major").as_deref() == Some("1") {
+        if text("GNU.sparse.minor").as_deref() != Some("0") {
+            return Err(Layout::Bad("unknown GNU sparse format version"));
+        }
+        let size =
+            text("GNU.sparse.realsize").ok_or("GNU sparse 1.0 without GNU.sparse.realsize")?;
+        let real_size = sparse::parse_size(&size)?;
+        let (segments, used) = sparse::read_gnu_10_map(entry).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => Layout::Bad("malformed GNU sparse 1.0 map"),
+            _ => Layout::Io(e),
+        })?;
+        let data = data_size
+            .checked_sub(used)
+            .ok_or("GNU sparse map is longer than its entry")?;
+        (real_size, segments, data)
+    } else if let Some(map) = text("GNU.sparse.map").or_else(|| gnu_00_map(pax)) {
+        let size = text("GNU.sparse.size")
+            .or_else(|| text("GNU.sparse.realsize"))
+            .ok_or("GNU sparse map without GNU.sparse.size")?;
+        (
+            sparse::parse_size(&size)?,
+            sparse::parse_gnu_01_map(&map)?,
+            data_size,
+        )
+    } else {
+        // Plain entries, and old GNU 'S' entries, which tar-rs expands with zeros for holes:
+        // both are written with zero-block detection.
+        (
+            data_size,
+            vec![Segment {
+                offset: 0,
+                length: data_size,
+            }],
+            data_size,
+        )
+    };
+    sparse::validate(&segments, real_size, data_size)?;
+    Ok(SparseLayout {
+        real_size,
+        segments,
+    })
+}
+
+/// GNU PAX 0.0 repeats `GNU.sparse.offset` and `GNU.sparse.numbytes`; as joined by
+/// [`pax_records`], they interleave into a 0.1-style map.
+fn gnu_00_map(pax: &HashMap<String, Vec<u8>>) -> Option<String> {
+    let offsets = String::from_utf8_lossy(pax.get("GNU.sparse.offset")?).into_owned();
+    let lengths = String::from_utf8_lossy(pax.get("GNU.sparse.numbytes")?).into_owned();
+    let (offsets, lengths): (Vec<&str>, Vec<&str>) =
+        (offsets.split(',').collect(), lengths.split(',').collect());
+    if offsets.len() != lengths.len() {
+        return Some("unbalanced".to_string());
+    }
+    Some(
+        offsets
+            .iter()
+            .zip(&lengths)
+            .map(|(o, l)| format!("{o},{l}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Copies each segment's bytes from `data` to its place in `file`; all-zero 4 KiB blocks are
+/// left as holes (the file was already sized).
+fn write_segments(data: &mut impl Read, file: &File, segments: &[Segment]) -> io::Result<()> {
+    let mut buf = vec![0u8; READ_BUF];
+    for segment in segments {
+        let mut done = 0u64;
+        while done < segment.length {
+            let n = ((segment.length - done) as usize).min(READ_BUF);
+            data.read_exact(&mut buf[..n])?;
+            write_nonzero(file, &buf[..n], segment.offset + done)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the runs of `buf` that are not all-zero blocks at `offset`.
+fn write_nonzero(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let end = (pos + ZERO_BLOCK).min(buf.len());
+        let zero = buf[pos..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(start)) => {
+                file.write_all_at(&buf[start..pos], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&buf[start..], offset + start as u64)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn names_must_be_one_plain_component() {
+        assert_eq!(plain_name("./mem").as_deref(), Some("mem"));
+        assert_eq!(plain_name("cow.raw").as_deref(), Some("cow.raw"));
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "./a/b",
+            "./",
+            "",
+            "..",
+            ".",
+            "././x",
+        ] {
+            assert_eq!(plain_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn zero_blocks_become_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let mut data = vec![0u8; 64 * 1024];
+        data[10_000] = 1; // block 2
+        data[40_000] = 2; // block 9
+        file.set_len(data.len() as u64 + 8192).unwrap();
+        write_nonzero(&file, &data, 0).unwrap();
+        file.sync_all().unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(&back[..data.len()], &data[..]);
+        assert_eq!(
+            back.len(),
+            data.len() + 8192,
+            "a trailing hole keeps the size"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().blocks(),
+            16,
+            "two 4 KiB blocks allocated"
+        );
+    }
+}
