@@ -34,8 +34,10 @@ mod fsutil;
 mod index;
 mod resolve;
 mod store;
+#[allow(unsafe_code)] // the one libc call nix lacks: sync_file_range
 mod sys;
 mod types;
+mod units;
 
 pub use crate::archive::{
     Compression, DEFAULT_MAX_FILE_SIZE, ExportOptions, ImportOptions, SparseFormat,
@@ -52,6 +54,7 @@ pub use crate::store::{
     TarStream,
 };
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};
+pub use crate::units::{parse_duration, parse_size};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -2,7 +2,7 @@
 //! copy_file_range, hole punching, flock, statfs and directory fsync.
 //!
 //! Every function is safe, takes `&File` or `&Path` and returns `io::Result`, so the errno reaches
-//! the caller intact. Which errnos mean "this rung of the ladder is not possible here" is decided
+//! the caller intact. The one `unsafe` call of the crate lives here, with its SAFETY note. Which errnos mean "this rung of the ladder is not possible here" is decided
 //! by the `*_unsupported` predicates kept beside each call.
 
 use std::fs::File;
@@ -110,6 +110,25 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     nix::fcntl::fallocate(file.as_fd(), flags, to_off(offset)?, to_off(len)?)?;
     Ok(())
+}
+
+/// Starts writeback of a file's dirty pages in `offset..offset + len` (a `len` of 0: to the end)
+/// without waiting for it (`sync_file_range(2)` with SYNC_FILE_RANGE_WRITE). A large write that calls this as it goes
+/// overlaps its disk I/O with the rest of its work, so the closing fsync has little left to do.
+/// It makes nothing durable by itself: metadata and ordering still need the fsync.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (offset, len) = (to_off(offset)?, to_off(len)?);
+    // SAFETY: `file` is an open file borrowed for the duration of the call, so its descriptor is
+    // valid; sync_file_range reads no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Flushes a directory's entries to disk, so a rename or a new file in it survives power loss.

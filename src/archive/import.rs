@@ -21,6 +21,7 @@ use crate::archive::sparse::{self, Segment};
 use crate::envelope::{ENVELOPE_FILE, Envelope};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::sys;
 use crate::types::{CloneMethod, FileReport, is_plain_name};
 
 /// Blocks of this size that are all zero become holes.
@@ -28,6 +29,9 @@ const ZERO_BLOCK: usize = 4096;
 
 /// Read size from the archive.
 const READ_BUF: usize = 1 << 20;
+
+/// Bytes written between two starts of writeback.
+const WRITEBACK_EVERY: u64 = 64 << 20;
 
 /// The largest `snapshot.json` accepted.
 const MAX_ENVELOPE: u64 = 1 << 20;
@@ -272,16 +276,26 @@ fn gnu_00_map(pax: &HashMap<String, Vec<u8>>) -> Option<String> {
 }
 
 /// Copies each segment's bytes from `data` to its place in `file`; all-zero 4 KiB blocks are
-/// left as holes (the file was already sized).
+/// left as holes (the file was already sized). Writeback is started every few MiB, overlapping
+/// the disk writes with reading the rest, so the closing fsync waits for less.
 fn write_segments(data: &mut impl Read, file: &File, segments: &[Segment]) -> io::Result<()> {
     let mut buf = vec![0u8; READ_BUF];
+    // Segments come in file order, so what is unflushed is one range: `window..end`.
+    let mut window: Option<u64> = None;
     for segment in segments {
         let mut done = 0u64;
         while done < segment.length {
             let n = ((segment.length - done) as usize).min(READ_BUF);
+            let at = segment.offset + done;
             data.read_exact(&mut buf[..n])?;
-            write_nonzero(file, &buf[..n], segment.offset + done)?;
+            write_nonzero(file, &buf[..n], at)?;
             done += n as u64;
+            let start = *window.get_or_insert(at);
+            let end = at + n as u64;
+            if end - start >= WRITEBACK_EVERY {
+                sys::start_writeback(file, start, end - start)?;
+                window = None;
+            }
         }
     }
     Ok(())

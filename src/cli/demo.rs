@@ -3,7 +3,6 @@
 //! byte of the clone against the source, and prints per-file methods and timings.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,15 +14,15 @@ use snapstore::{
     Snapshot,
 };
 
+use super::workload::{FILES, Workload};
 use super::{Output, human_bytes, table};
 
 const MIB: u64 = 1 << 20;
-/// Guest memory: 128 MiB, every other 2 MiB run zero pages, as a booted guest leaves it.
+/// Guest memory: 128 MiB of mixed zero and random pages.
 const MEMORY_LEN: u64 = 128 * MIB;
-/// The COW disk: 2 GiB apparent, 32 MiB of data in 64 scattered 512 KiB extents.
+/// The COW disk: 2 GiB apparent, 32 MiB of data scattered in 1 MiB extents.
 const DISK_LEN: u64 = 2048 * MIB;
-const DISK_EXTENTS: u64 = 64;
-const DISK_EXTENT_LEN: u64 = 512 * 1024;
+const DISK_DATA: u64 = 32 * MIB;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -51,13 +50,18 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
             )
         })?;
     let src = work.path().join("vm-snapshot");
-    let disk_extents = write_snapshot(&src)?;
+    let workload = Workload {
+        memory: MEMORY_LEN,
+        disk: DISK_LEN,
+        disk_data: DISK_DATA,
+    };
+    let disk_extents = workload.write(&src)?;
     out.note(format_args!(
         "demo in {}: memory-range-0 {}, cow.raw {} apparent with {} of data, config.json, state.json",
         work.path().display(),
         human_bytes(MEMORY_LEN),
         human_bytes(DISK_LEN),
-        human_bytes(DISK_EXTENTS * DISK_EXTENT_LEN),
+        human_bytes(DISK_DATA),
     ));
 
     let store = LocalFile::open(work.path().join("root"))?;
@@ -98,7 +102,7 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
             "the clone's {name} differs from the source's"
         );
     }
-    for name in ["config.json", "state.json"] {
+    for name in FILES.iter().filter(|n| n.ends_with(".json")) {
         let read =
             |p: PathBuf| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()));
         ensure!(
@@ -161,53 +165,6 @@ async fn timed<T>(f: impl Future<Output = snapstore::Result<T>>) -> Result<(T, D
     Ok((value, start.elapsed()))
 }
 
-/// Writes the demo's VM snapshot dir; returns the disk's data extents.
-fn write_snapshot(dir: &Path) -> Result<Vec<(u64, u64)>> {
-    std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut rng = SplitMix64(0x5eed);
-
-    let memory = create(&dir.join("memory-range-0"))?;
-    let run = 2 * MIB;
-    let mut buf = vec![0u8; run as usize];
-    for (i, offset) in (0..MEMORY_LEN).step_by(run as usize).enumerate() {
-        if i % 2 == 0 {
-            rng.fill(&mut buf);
-        } else {
-            buf.fill(0);
-        }
-        memory.write_all_at(&buf, offset)?;
-    }
-
-    // Never-written ranges of a file are holes on every Linux filesystem that has holes.
-    let disk = create(&dir.join("cow.raw"))?;
-    disk.set_len(DISK_LEN)?;
-    let mut extent = vec![0u8; DISK_EXTENT_LEN as usize];
-    let stride = DISK_LEN / DISK_EXTENTS;
-    let mut extents = Vec::new();
-    for i in 0..DISK_EXTENTS {
-        rng.fill(&mut extent);
-        let jitter = (rng.next() % (stride - DISK_EXTENT_LEN)) & !4095;
-        disk.write_all_at(&extent, i * stride + jitter)?;
-        extents.push((i * stride + jitter, DISK_EXTENT_LEN));
-    }
-
-    create(&dir.join("config.json"))?.write_all(
-        br#"{"cpus":{"boot_vcpus":2},"memory":{"size":134217728},"disks":[{"path":"cow.raw"}]}"#,
-    )?;
-    create(&dir.join("state.json"))?.write_all(br#"{"state":"paused"}"#)?;
-    for f in ["memory-range-0", "cow.raw", "config.json", "state.json"] {
-        let path = dir.join(f);
-        File::open(&path)
-            .and_then(|file| file.sync_all())
-            .with_context(|| format!("cannot fsync {}", path.display()))?;
-    }
-    Ok(extents)
-}
-
-fn create(path: &Path) -> Result<File> {
-    File::create(path).with_context(|| format!("cannot create {}", path.display()))
-}
-
 /// Whether `a` and `b` have the same size and the same bytes in `ranges`.
 fn same_ranges(a: &Path, b: &Path, ranges: &[(u64, u64)]) -> Result<bool> {
     let open = |p: &Path| File::open(p).with_context(|| format!("cannot open {}", p.display()));
@@ -229,24 +186,4 @@ fn same_ranges(a: &Path, b: &Path, ranges: &[(u64, u64)]) -> Result<bool> {
         }
     }
     Ok(true)
-}
-
-/// A small, fast, deterministic generator for incompressible demo data.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
 }

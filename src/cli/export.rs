@@ -3,9 +3,10 @@
 //!
 //! An archive goes to a temp file beside its target and is renamed into place only when
 //! complete: a failed or interrupted (Ctrl-C) export leaves no output, and never clobbers an
-//! older file of the same name.
+//! older file of the same name. Like `cp` and `tar`, it does not fsync the archive: it is a copy
+//! of a snapshot that stays in the store, and can be made again.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -93,7 +94,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
     let file = temp
         .reopen()
         .with_context(|| format!("cannot open {}", temp.path().display()))?;
-    let writer = Box::new(SyncOnFlush(BufWriter::with_capacity(1 << 20, file)));
+    let writer = Box::new(BufWriter::with_capacity(1 << 20, file));
     let export = store.export_to(&args.reference, opts, writer, target.clone());
     tokio::select! {
         done = export => done?,
@@ -118,17 +119,4 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
 
 fn display(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// Flushes to disk on the final flush, so the renamed archive is complete after a crash too.
-struct SyncOnFlush(BufWriter<std::fs::File>);
-
-impl Write for SyncOnFlush {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()?;
-        self.0.get_ref().sync_data()
-    }
 }

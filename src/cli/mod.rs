@@ -3,6 +3,7 @@
 //!
 //! Results go to stdout (`--json` for machines), logs and skipped entries to stderr.
 
+mod bench;
 mod clone;
 mod demo;
 mod doctor;
@@ -12,6 +13,7 @@ mod inspect;
 mod list;
 mod rm;
 mod save;
+mod workload;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -65,6 +67,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Save, clone, export and import a small VM snapshot in a temporary store
     Demo(demo::Args),
+    /// Time snapstore against cp and GNU tar on the same snapshot, side by side
+    Bench(bench::Args),
 }
 
 /// How output is wanted.
@@ -130,6 +134,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Import(args) => import::run(&open()?, args, out).await,
             Command::Doctor(args) => doctor::run(&open()?, args, out).await,
             Command::Demo(args) => demo::run(args, out).await,
+            Command::Bench(args) => bench::run(args, out).await,
         }
     })
 }

@@ -11,8 +11,9 @@ use std::os::unix::fs::FileExt;
 
 use crate::sys;
 
-/// Largest single `copy_file_range` request; the kernel may do less and is asked again.
-const RANGE_CHUNK: u64 = 1 << 30;
+/// Largest single `copy_file_range` request; the kernel may do less and is asked again. After
+/// each, writeback of what was copied is started, so the closing fsync does not wait for it all.
+const RANGE_CHUNK: u64 = 32 << 20;
 
 /// Buffer of the read/write fallback.
 const BUF_SIZE: usize = 1 << 20;
@@ -60,7 +61,10 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
         let chunk = (len - done).min(RANGE_CHUNK) as usize;
         match sys::copy_file_range(src, offset + done, dst, offset + done, chunk) {
             Ok(0) => return Err(shrank()),
-            Ok(n) => done += n as u64,
+            Ok(n) => {
+                sys::start_writeback(dst, offset + done, n as u64)?;
+                done += n as u64;
+            }
             Err(e) if sys::copy_range_unsupported(&e) => {
                 return read_write(src, dst, offset + done, len - done);
             }
@@ -81,6 +85,7 @@ fn read_write(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
             return Err(shrank());
         }
         dst.write_all_at(&buf[..n], offset + done)?;
+        sys::start_writeback(dst, offset + done, n as u64)?;
         done += n as u64;
     }
     Ok(())

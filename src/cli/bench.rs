@@ -1,0 +1,588 @@
+//! `snapstore bench`: times snapstore against what a user would run instead, side by side in one
+//! run, on each filesystem asked for.
+//!
+//! Every figure is the whole-process wall time of a command (snapstore itself is run as a
+//! process, like `cp` and `tar`), over `--runs` runs: median, min, max; each snapstore median is
+//! printed as a ratio to its counterpart's (below 1 is faster). Clean-up between runs, and a
+//! `sync` so that no run pays for the previous one's writeback, are not timed. snapstore fsyncs
+//! what it writes and cp and tar do not; where that decides the result, a durable variant of the
+//! baseline (`&& sync -f`) is timed too. `--scratch-fs` makes loop-mounted images (root only)
+//! and removes them afterwards, also on Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use snapstore::{LocalFile, parse_size};
+
+use super::workload::Workload;
+use super::{Output, human_bytes, table};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Directory to run in (repeatable) [default: $TMPDIR, unless --scratch-fs]
+    #[arg(long = "dir", value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Make loop-mounted scratch filesystems and run on each (root only)
+    #[arg(long, value_delimiter = ',', value_enum, value_name = "FS")]
+    scratch_fs: Vec<ScratchFs>,
+    /// Guest memory file size (bytes, or K/M/G/T: powers of 1024)
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    memory: u64,
+    /// Disk apparent size
+    #[arg(long, default_value = "8G", value_parser = parse_size)]
+    disk: u64,
+    /// Data scattered across the disk
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    disk_data: u64,
+    /// Timed runs of each command
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScratchFs {
+    Btrfs,
+    Xfs,
+    Ext4,
+}
+
+impl ScratchFs {
+    fn name(self) -> &'static str {
+        match self {
+            ScratchFs::Btrfs => "btrfs",
+            ScratchFs::Xfs => "xfs",
+            ScratchFs::Ext4 => "ext4",
+        }
+    }
+
+    fn mkfs(self) -> (&'static str, &'static [&'static str], &'static str) {
+        match self {
+            ScratchFs::Btrfs => ("mkfs.btrfs", &["-q"], "btrfs-progs"),
+            ScratchFs::Xfs => ("mkfs.xfs", &["-q", "-m", "reflink=1"], "xfsprogs"),
+            ScratchFs::Ext4 => ("mkfs.ext4", &["-q", "-F"], "e2fsprogs"),
+        }
+    }
+}
+
+/// Median, min and max of a command's runs, in seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    fs: String,
+    operation: &'static str,
+    snapstore: Stats,
+    baseline: Option<String>,
+    baseline_time: Option<Stats>,
+    /// snapstore's median over the baseline's.
+    ratio: Option<f64>,
+    note: String,
+}
+
+/// Mounted scratch filesystems, shared with the Ctrl-C handler so it can remove them.
+type Mounts = Arc<Mutex<Vec<Scratch>>>;
+
+pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
+    let mounts: Mounts = Arc::new(Mutex::new(Vec::new()));
+    let work = {
+        let mounts = Arc::clone(&mounts);
+        tokio::task::spawn_blocking(move || bench(&args, &mounts, out))
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let rows = tokio::select! {
+        rows = work => rows??,
+        _ = tokio::signal::ctrl_c() => {
+            lock(&mounts).clear(); // unmounts and removes each image
+            bail!("interrupted; scratch filesystems removed");
+        }
+        _ = terminate.recv() => {
+            lock(&mounts).clear();
+            bail!("terminated; scratch filesystems removed");
+        }
+    };
+    lock(&mounts).clear();
+    if out.json {
+        return out.json(&rows);
+    }
+    out.line(render(&rows))
+}
+
+fn lock(m: &Mounts) -> std::sync::MutexGuard<'_, Vec<Scratch>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
+    let workload = Workload {
+        memory: args.memory,
+        disk: args.disk,
+        disk_data: args.disk_data,
+    };
+    let mut targets: Vec<PathBuf> = args.dirs.clone();
+    for &fs in &args.scratch_fs {
+        out.note(format_args!("making a scratch {} filesystem", fs.name()));
+        let scratch = Scratch::mount(fs, &workload)?;
+        targets.push(scratch.mnt.clone());
+        lock(mounts).push(scratch);
+    }
+    if targets.is_empty() {
+        targets.push(std::env::temp_dir());
+    }
+    let mut rows = Vec::new();
+    for target in targets {
+        let dir = tempfile::Builder::new()
+            .prefix("snapstore-bench-")
+            .tempdir_in(&target)
+            .with_context(|| format!("cannot make a work dir in {}", target.display()))?;
+        rows.extend(bench_dir(dir.path(), &workload, args.runs, out)?);
+    }
+    Ok(rows)
+}
+
+/// Runs every comparison in `dir`.
+fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<Vec<Row>> {
+    let src = dir.join("src");
+    workload.write(&src)?;
+    let root = dir.join("root");
+    let me = std::env::current_exe().context("cannot find the snapstore binary")?;
+    let snap = |args: &[&str]| {
+        let mut c = Command::new(&me);
+        c.arg("--root").arg(&root).args(args);
+        c
+    };
+    let caps = tokio::runtime::Handle::current()
+        .block_on(LocalFile::open(&root)?.probe(dir.to_path_buf()))?;
+    let fs = caps.fs_type.clone();
+    out.note(format_args!(
+        "{fs} ({}): memory {}, disk {} with {} of data, {} runs",
+        dir.display(),
+        human_bytes(workload.memory),
+        human_bytes(workload.disk),
+        human_bytes(workload.disk_data),
+        runs
+    ));
+
+    let id = String::from_utf8(output(snap(&[
+        "save",
+        "--from-dir",
+        p(&src),
+        "--name",
+        "bench",
+    ]))?)?;
+    let data = root.join("snapshot/localfile").join(id.trim());
+    let (cp_mode, cp_flag) = if caps.reflink_from_store {
+        ("reflink", "--reflink=always")
+    } else {
+        ("sparse", "--sparse=always")
+    };
+    let dst = dir.join("dst");
+    let theirs = dir.join("theirs");
+    let clean = |paths: &[&Path]| {
+        for path in paths {
+            let _ = std::fs::remove_dir_all(path);
+            let _ = std::fs::remove_file(path);
+        }
+    };
+    let cp = |from: &Path, flag: &str| {
+        let mut c = Command::new("cp");
+        c.args(["-a", flag]).arg(from).arg(&theirs);
+        c
+    };
+    let mut rows = Vec::new();
+    let mut row = |operation, ours: Stats, baseline: Option<(String, Stats)>, note: String| {
+        let ratio = baseline.as_ref().map(|(_, b)| ours.median / b.median);
+        rows.push(Row {
+            fs: fs.clone(),
+            operation,
+            snapstore: ours,
+            baseline_time: baseline.as_ref().map(|(_, b)| *b),
+            baseline: baseline.map(|(c, _)| c),
+            ratio,
+            note,
+        });
+    };
+    let timed = |prepare: &dyn Fn(), command: &dyn Fn() -> Command| -> Result<Stats> {
+        time(runs, prepare, command)
+    };
+    let baseline = |label: String,
+                    prepare: &dyn Fn(),
+                    command: &dyn Fn() -> Command|
+     -> Result<Option<(String, Stats)>> {
+        let program = command().get_program().to_string_lossy().into_owned();
+        if !installed(&program) {
+            return Ok(None);
+        }
+        Ok(Some((label, time(runs, prepare, command)?)))
+    };
+
+    // save
+    let ours = timed(&|| drop(snap(&["rm", "bench-save"]).output()), &|| {
+        snap(&["save", "--from-dir", p(&src), "--name", "bench-save"])
+    })?;
+    let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
+        cp(&src, cp_flag)
+    })?;
+    let saved = methods(&output(snap(&[
+        "--json",
+        "save",
+        "--from-dir",
+        p(&src),
+        "--name",
+        "bench-methods",
+    ]))?)?;
+    row("save", ours, base, saved);
+
+    // clone
+    let ours = timed(&|| clean(&[&dst]), &|| {
+        snap(&["clone", "bench", "--to-dir", p(&dst)])
+    })?;
+    let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
+        cp(&data, cp_flag)
+    })?;
+    clean(&[&dst]);
+    let cloned = methods(&output(snap(&[
+        "--json",
+        "clone",
+        "bench",
+        "--to-dir",
+        p(&dst),
+    ]))?)?;
+    row("clone", ours, base, cloned);
+    let base = baseline("cp -al".into(), &|| clean(&[&theirs]), &|| cp(&data, "-l"))?;
+    row(
+        "clone",
+        ours,
+        base,
+        "hardlinks everything, disks too: not a safe clone".into(),
+    );
+
+    // export --to-dir
+    let ours = timed(&|| clean(&[&dst]), &|| {
+        snap(&["export", "bench", "--to-dir", p(&dst)])
+    })?;
+    let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
+        cp(&data, cp_flag)
+    })?;
+    row(
+        "export --to-dir",
+        ours,
+        base,
+        format!("{cp_mode} rungs, no hardlinks"),
+    );
+
+    // tar export, raw
+    let ours_tar = dir.join("ours.tar");
+    let gnu_tar = dir.join("gnu.tar");
+    let ours = timed(&|| clean(&[&ours_tar]), &|| {
+        snap(&["export", "bench", "-o", p(&ours_tar)])
+    })?;
+    let base = baseline(
+        "tar --sparse --format=posix -c".into(),
+        &|| clean(&[&gnu_tar]),
+        &|| {
+            let mut c = Command::new("tar");
+            c.args(["--sparse", "--format=posix", "-cf"])
+                .arg(&gnu_tar)
+                .arg("-C")
+                .arg(&data)
+                .arg(".");
+            c
+        },
+    )?;
+    let data_bytes: u64 = workload.memory + workload.disk_data + 64;
+    let archive = std::fs::metadata(&ours_tar).map(|m| m.len()).unwrap_or(0);
+    row(
+        "export (tar)",
+        ours,
+        base,
+        format!(
+            "archive {} for {} of data ({:+.2}%)",
+            human_bytes(archive),
+            human_bytes(data_bytes),
+            pct(archive, data_bytes)
+        ),
+    );
+
+    // tar import
+    let ours = timed(&|| drop(snap(&["rm", "bench-import"]).output()), &|| {
+        snap(&["import", p(&ours_tar), "--name", "bench-import"])
+    })?;
+    let base = baseline(
+        "tar -x (of its own archive)".into(),
+        &|| {
+            clean(&[&theirs]);
+            let _ = std::fs::create_dir(&theirs);
+        },
+        &|| {
+            let mut c = Command::new("tar");
+            c.arg("-xf").arg(&gnu_tar).arg("-C").arg(&theirs);
+            c
+        },
+    )?;
+    row(
+        "import (tar)",
+        ours,
+        base,
+        "import fsyncs every file; tar -x leaves them dirty in memory".into(),
+    );
+    let durable = format!(
+        "tar -xf '{}' -C '{}' && sync -f '{}'",
+        gnu_tar.display(),
+        theirs.display(),
+        theirs.display()
+    );
+    let base = baseline(
+        "tar -x && sync -f (as durable)".into(),
+        &|| {
+            clean(&[&theirs]);
+            let _ = std::fs::create_dir(&theirs);
+        },
+        &|| {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(&durable);
+            c
+        },
+    )?;
+    row("import (tar)", ours, base, String::new());
+
+    // gzip and zstd exports
+    let gz = dir.join("ours.tar.gz");
+    let ours_gz = timed(&|| clean(&[&gz]), &|| {
+        snap(&["export", "bench", "--gzip", "-o", p(&gz)])
+    })?;
+    let gnu_gz = dir.join("gnu.tar.gz");
+    let pipeline = format!(
+        "tar --sparse --format=posix -cf - -C '{}' . | gzip -1 > '{}'",
+        data.display(),
+        gnu_gz.display()
+    );
+    let base = if installed("gzip") {
+        baseline("tar ... | gzip -1".into(), &|| clean(&[&gnu_gz]), &|| {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(&pipeline);
+            c
+        })?
+    } else {
+        None
+    };
+    let sizes = |a: &Path, b: &Path| {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        format!("{} vs {}", human_bytes(size(a)), human_bytes(size(b)))
+    };
+    row("export --gzip", ours_gz, base, sizes(&gz, &gnu_gz));
+    let zst = dir.join("ours.tar.zst");
+    let ours = timed(&|| clean(&[&zst]), &|| {
+        snap(&["export", "bench", "--zstd", "-o", p(&zst)])
+    })?;
+    row(
+        "export --zstd",
+        ours,
+        Some(("snapstore export --gzip".into(), ours_gz)),
+        sizes(&zst, &gz),
+    );
+
+    // rm
+    let ours = timed(
+        &|| {
+            drop(output(snap(&[
+                "save",
+                "--from-dir",
+                p(&src),
+                "--name",
+                "bench-rm",
+            ])))
+        },
+        &|| snap(&["rm", "bench-rm"]),
+    )?;
+    let base = baseline(
+        "rm -rf (of a cp -a copy)".into(),
+        &|| {
+            clean(&[&theirs]);
+            let _ = cp(&src, cp_flag).output();
+        },
+        &|| {
+            let mut c = Command::new("rm");
+            c.arg("-rf").arg(&theirs);
+            c
+        },
+    )?;
+    row("rm", ours, base, String::new());
+    clean(&[&dst, &theirs]);
+    Ok(rows)
+}
+
+/// Times `runs` runs of `command`, each after an untimed `prepare`.
+fn time(runs: u32, prepare: &dyn Fn(), command: &dyn Fn() -> Command) -> Result<Stats> {
+    let mut times = Vec::with_capacity(runs as usize);
+    for _ in 0..runs {
+        prepare();
+        // Untimed: no run pays for the writeback of the one before it.
+        let _ = Command::new("sync").status();
+        let start = Instant::now();
+        output(command())?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Stats {
+        median: times[times.len() / 2],
+        min: times[0],
+        max: times[times.len() - 1],
+    })
+}
+
+/// Runs a command to completion; its stdout, or an error with its stderr.
+fn output(mut command: Command) -> Result<Vec<u8>> {
+    let shown = format!("{command:?}");
+    let out = command
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// "memory-range-0=reflink, cow.raw=reflink, ..." from a save or clone report.
+fn methods(json: &[u8]) -> Result<String> {
+    let report: serde_json::Value = serde_json::from_slice(json)?;
+    let files = report["files"].as_array().cloned().unwrap_or_default();
+    Ok(files
+        .iter()
+        .map(|f| {
+            format!(
+                "{}={}",
+                f["name"].as_str().unwrap_or("?"),
+                f["method"].as_str().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    (a as f64 - b as f64) * 100.0 / b as f64
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap_or_default()
+}
+
+fn render(rows: &[Row]) -> String {
+    let secs = |s: &Stats| format!("{:.3}s [{:.3}-{:.3}]", s.median, s.min, s.max);
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+                r.fs.clone(),
+                r.operation.to_string(),
+                secs(&r.snapstore),
+                r.baseline
+                    .clone()
+                    .unwrap_or_else(|| "(not installed)".into()),
+                r.baseline_time.as_ref().map_or("-".into(), secs),
+                r.note.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RATIO",
+            "FS",
+            "OPERATION",
+            "SNAPSTORE",
+            "BASELINE",
+            "BASELINE TIME",
+            "NOTE",
+        ],
+        &body,
+    )
+}
+
+/// A loop-mounted scratch filesystem, unmounted and removed on drop.
+struct Scratch {
+    mnt: PathBuf,
+    img: PathBuf,
+}
+
+impl Scratch {
+    fn mount(fs: ScratchFs, workload: &Workload) -> Result<Scratch> {
+        use std::os::unix::fs::MetadataExt;
+        let (mkfs, flags, package) = fs.mkfs();
+        // /proc/self belongs to the process's effective user.
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(1)
+            != 0
+        {
+            bail!(
+                "--scratch-fs needs root to loop-mount a {} image",
+                fs.name()
+            );
+        }
+        if !installed(mkfs) {
+            bail!(
+                "--scratch-fs {}: {mkfs} not found (apt-get install {package})",
+                fs.name()
+            );
+        }
+        let base = std::env::var_os("SNAPSTORE_SCRATCH_DIR")
+            .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        let dir = tempfile::Builder::new()
+            .prefix("snapstore-scratch-")
+            .tempdir_in(&base)?
+            .keep();
+        let scratch = Scratch {
+            mnt: dir.join("mnt"),
+            img: dir.join(format!("{}.img", fs.name())),
+        };
+        // Room for the source, the store, and every copy the comparisons make, sparse on disk.
+        let size = (8 * (workload.memory + workload.disk_data) + 2 * workload.disk).max(4 << 30);
+        std::fs::File::create(&scratch.img)?.set_len(size)?;
+        output({
+            let mut c = Command::new(mkfs);
+            c.args(flags).arg(&scratch.img);
+            c
+        })?;
+        std::fs::create_dir(&scratch.mnt)?;
+        output({
+            let mut c = Command::new("mount");
+            c.args(["-o", "loop"]).arg(&scratch.img).arg(&scratch.mnt);
+            c
+        })
+        .with_context(|| format!("cannot loop-mount the {} image", fs.name()))?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let umounted = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !umounted {
+            // Busy (an interrupted command still holds a file): detach now, free when closed.
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if let Some(dir) = self.img.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
