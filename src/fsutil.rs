@@ -30,6 +30,18 @@ pub(crate) fn create_new(path: &Path, mode: u32) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
+/// Opens (creating if needed, never truncating) a file whose only use is to be flock'd: the
+/// index lock and the per-snapshot leases.
+pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+}
+
 /// Reads a whole file.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io("read", path, e))

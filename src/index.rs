@@ -14,9 +14,8 @@
 //! index that does not parse is never overwritten: every operation refuses it, naming the file.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -133,10 +132,10 @@ impl IndexLock {
     /// the reader goes ahead without a lock.
     pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<Option<IndexLock>> {
         let file = if exclusive {
-            open_for_lock(path)
+            fsutil::open_lock_file(path)
         } else {
             match File::open(path) {
-                Err(e) if e.kind() == ErrorKind::NotFound => match open_for_lock(path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => match fsutil::open_lock_file(path) {
                     Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => return Ok(None),
                     other => other,
                 },
@@ -147,16 +146,6 @@ impl IndexLock {
         let lock = FileLock::lock(file, exclusive).map_err(|e| Error::io("lock", path, e))?;
         Ok(Some(IndexLock { _lock: lock }))
     }
-}
-
-fn open_for_lock(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
 }
 
 #[cfg(test)]

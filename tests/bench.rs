@@ -5,25 +5,28 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn bench(args: &[&str]) -> Vec<Value> {
+/// Runs a small `snapstore --json bench` with `args` and `env`; its rows.
+fn bench(args: &[&str], env: &[(&str, &Path)]) -> Vec<Value> {
+    let sizes = [
+        "--memory",
+        "1M",
+        "--disk",
+        "16M",
+        "--disk-data",
+        "256K",
+        "--runs",
+        "1",
+    ];
     let out = Command::new(env!("CARGO_BIN_EXE_snapstore"))
-        .args([
-            "--json",
-            "bench",
-            "--memory",
-            "1M",
-            "--disk",
-            "16M",
-            "--disk-data",
-            "256K",
-            "--runs",
-            "2",
-        ])
+        .args(["--json", "bench"])
+        .args(sizes)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -31,11 +34,8 @@ fn bench(args: &[&str]) -> Vec<Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array().unwrap().clone()
 }
 
 fn check(rows: &[Value], fs: &str) {
@@ -83,7 +83,7 @@ fn check(rows: &[Value], fs: &str) {
 #[test]
 fn bench_runs_every_comparison_in_a_dir() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = bench(&["--dir", tmp.path().to_str().unwrap()]);
+    let rows = bench(&["--dir", tmp.path().to_str().unwrap()], &[]);
     let fs = rows[0]["fs"].as_str().unwrap().to_string();
     check(&rows, &fs);
     assert_eq!(
@@ -104,33 +104,10 @@ fn bench_on_a_scratch_filesystem_removes_it_afterwards() {
         return;
     }
     let base = tempfile::tempdir_in("/var/tmp").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_snapstore"))
-        .args([
-            "--json",
-            "bench",
-            "--memory",
-            "1M",
-            "--disk",
-            "16M",
-            "--disk-data",
-            "256K",
-            "--runs",
-            "1",
-        ])
-        .args(["--scratch-fs", "ext4"])
-        .env("SNAPSTORE_SCRATCH_DIR", base.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let rows = bench(
+        &["--scratch-fs", "ext4"],
+        &[("SNAPSTORE_SCRATCH_DIR", base.path())],
     );
-    let rows: Vec<Value> = serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone();
     check(&rows, "ext4");
     assert_eq!(
         common::tree(base.path()),

@@ -204,20 +204,7 @@ async fn a_copy_that_would_not_fit_fails_up_front() {
         .unwrap();
 
     let small = tmp.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&small);
+    let _mounted = Tmpfs::mount(&small, "size=4m");
 
     let run = small.join("run");
     let err = store
@@ -250,30 +237,14 @@ async fn a_read_only_store_refuses_writes_and_still_lists() {
     let tmp = tempfile::tempdir().unwrap();
     let src = vm_snapshot(&tmp.path().join("src"), MIB, 4 * MIB, MIB);
     let mnt = tmp.path().join("ro");
-    std::fs::create_dir(&mnt).unwrap();
-    let mount = |args: &[&str]| {
-        let ok = std::process::Command::new("mount")
-            .args(args)
-            .arg(&mnt)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mount {args:?}");
-    };
-    mount(&["-t", "tmpfs", "-o", "size=64m", "tmpfs"]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let mounted = Tmpfs::mount(&mnt, "size=64m");
 
     let store = LocalFile::open(&mnt).unwrap();
     store
         .create(config("base"), src.clone(), SaveOptions::default())
         .await
         .unwrap();
-    mount(&["-o", "remount,ro"]);
+    mounted.remount("ro");
     let before = store_state(&mnt);
 
     let err = store
@@ -285,4 +256,35 @@ async fn a_read_only_store_refuses_writes_and_still_lists() {
     assert_eq!(store_state(&mnt), before);
     assert_eq!(store.list().await.unwrap().len(), 1);
     assert_eq!(store.inspect("base").await.unwrap().config.name, "base");
+}
+
+/// A tmpfs mounted at a new dir for one test, unmounted on drop (root only).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir(dir).unwrap();
+        let tmpfs = Tmpfs(dir.to_path_buf());
+        tmpfs.run(&["-t", "tmpfs", "-o", options, "tmpfs"]);
+        tmpfs
+    }
+
+    fn remount(&self, options: &str) {
+        self.run(&["-o", &format!("remount,{options}")]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount {args:?} {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }

@@ -6,11 +6,10 @@
 //! crashed holder. The lease file itself is never deleted while the snapshot may be in use:
 //! flock works on the inode, and a new file under the same name would split the exclusion.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::sys::FileLock;
 use crate::types::SnapshotId;
 
@@ -47,14 +46,7 @@ impl Lease {
 }
 
 fn open(path: &Path) -> Result<std::fs::File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .map_err(|e| Error::io("open lease", path, e))
+    fsutil::open_lock_file(path).map_err(|e| Error::io("open lease", path, e))
 }
 
 #[cfg(test)]
