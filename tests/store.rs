@@ -232,23 +232,52 @@ async fn pending_records_are_never_listed_or_resolved() {
 
 #[tokio::test]
 async fn ambiguous_prefix_is_an_error_naming_the_ref() {
-    let f = fixture();
-    let a = f.save("a").await;
-    let b = f.save("b").await;
-    let common: String = a
-        .as_str()
-        .chars()
-        .zip(b.as_str().chars())
-        .take_while(|(x, y)| x == y)
-        .map(|(x, _)| x)
-        .collect();
-    if common.len() >= 3 {
-        assert!(matches!(
-            f.store.inspect(&common).await,
-            Err(Error::Ambiguous { .. })
-        ));
+    // Two complete snapshots whose IDs share a prefix, in an index as cocoon writes one.
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("snapshot/db");
+    std::fs::create_dir_all(&db).unwrap();
+    let record = |id: &str| {
+        format!(
+            r#""{id}":{{"id":"{id}","name":"n-{id}","created_at":"2026-07-01T10:00:00Z","data_dir":"","size_bytes":0}}"#
+        )
+    };
+    std::fs::write(
+        db.join("snapshots.json"),
+        format!(
+            r#"{{"snapshots":{{{},{}}},"names":{{"n-ABCD1111":"ABCD1111","n-ABCD2222":"ABCD2222"}}}}"#,
+            record("ABCD1111"),
+            record("ABCD2222")
+        ),
+    )
+    .unwrap();
+    let store = LocalFile::open(tmp.path()).unwrap();
+    let before = store_state(tmp.path());
+
+    let err = store.inspect("ABC").await.unwrap_err();
+    match &err {
+        Error::Ambiguous { reference, matches } => {
+            assert_eq!(reference, "ABC");
+            let ids: Vec<&str> = matches.iter().map(|id| id.as_str()).collect();
+            assert_eq!(ids, ["ABCD1111", "ABCD2222"]);
+        }
+        other => panic!("expected Ambiguous, got {other:?}"),
     }
-    let err = f.store.inspect("ZZZZZZ-none").await.unwrap_err();
+    assert!(
+        err.to_string().contains("\"ABC\"") && err.to_string().contains("ambiguous"),
+        "{err}"
+    );
+    assert_eq!(store.inspect("ABCD1").await.unwrap().config.id, "ABCD1111");
+    assert!(matches!(
+        store.delete(&["ABC".into()], false).await,
+        Err(Error::Ambiguous { .. })
+    ));
+    assert_eq!(
+        store_state(tmp.path()),
+        before,
+        "an ambiguous rm deletes nothing"
+    );
+
+    let err = store.inspect("ZZZZZZ-none").await.unwrap_err();
     assert!(err.to_string().contains("ZZZZZZ-none"), "{err}");
 }
 
