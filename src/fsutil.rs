@@ -135,6 +135,19 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     fsync_dir(dir)
 }
 
+/// Removes `path`, a file or a whole directory; a path already gone is not an error.
+pub(crate) fn remove_all(path: &Path) -> Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Removes the paths it holds when dropped, unless [`Cleanup::disarm`]ed first: what a failed
 /// operation created disappears by construction, not by cleanup code on every error path.
 #[derive(Debug, Default)]
@@ -163,13 +176,8 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         // Last in, first out: files before the directory that holds them.
         for path in self.paths.drain(..).rev() {
-            let removed = match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
-                Ok(_) => fs::remove_file(&path),
-                Err(_) => Ok(()),
-            };
             // Nothing to return an error to from a drop; the path is left for gc to find.
-            let _ = removed;
+            let _ = remove_all(&path);
         }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! The on-disk layout and the index are those of cocoon's localfile snapshot backend, so
 //! snapstore can manage a cocoon root. Read the modules in order to see the whole design:
-//! types → index → resolve → envelope → clone ladder → store → archive.
+//! types → index → resolve → envelope → clone ladder → store → archive → gc → fsck.
 //!
 //! ```no_run
 //! # async fn demo() -> snapstore::Result<()> {
@@ -30,7 +30,11 @@ mod archive;
 mod clone;
 mod envelope;
 mod error;
+mod fsck;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
+mod gc;
 mod index;
 mod resolve;
 mod store;
@@ -48,6 +52,10 @@ pub use crate::envelope::{
     ENVELOPE_FILE, ENVELOPE_VERSION, Envelope, read as read_envelope, read_config,
 };
 pub use crate::error::{Error, Result};
+pub use crate::fsck::{FsckReport, Problem, ProblemKind};
+pub use crate::gc::{
+    DEFAULT_GRACE, Eviction, GcModule, GcOptions, GcOrchestrator, GcReport, Leftover, Removal,
+};
 pub use crate::store::{
     CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
     DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions, Skipped, Snapshot,

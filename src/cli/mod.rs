@@ -8,6 +8,8 @@ mod clone;
 mod demo;
 mod doctor;
 mod export;
+mod fsck;
+mod gc;
 mod import;
 mod inspect;
 mod list;
@@ -63,6 +65,10 @@ enum Command {
     Export(export::Args),
     /// Import a snapshot from a directory with snapshot.json
     Import(import::Args),
+    /// Remove leftovers of crashed operations; evict least recently used snapshots
+    Gc(gc::Args),
+    /// Check the index against the data dirs; --repair mends what it can
+    Fsck(fsck::Args),
     /// Show what the store's and other directories' filesystems can do
     Doctor(doctor::Args),
     /// Save, clone, export and import a small VM snapshot in a temporary store
@@ -132,6 +138,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Clone(args) => clone::run(&open()?, args, out).await,
             Command::Export(args) => export::run(&open()?, args, out).await,
             Command::Import(args) => import::run(&open()?, args, out).await,
+            Command::Gc(args) => gc::run(&open()?, args, out).await,
+            Command::Fsck(args) => fsck::run(&open()?, args, out).await,
             Command::Doctor(args) => doctor::run(&open()?, args, out).await,
             Command::Demo(args) => demo::run(args, out).await,
             Command::Bench(args) => bench::run(args, out).await,

@@ -5,6 +5,7 @@
 //! R/snapshot/db/snapshots.lock     flock'd around every index read-modify-write
 //! R/snapshot/localfile/ID/         a snapshot's data files, flat
 //! R/snapshot/localfile/ID.lease    its lease (a file: cocoon's gc takes unknown dirs for orphans)
+//! R/snapshot/localfile/ID.json     its sidecar: a copy of its record and file list, for fsck
 //! R/snapshot/staging/ID/           a snapshot being created, on the same filesystem
 //! ```
 
@@ -79,6 +80,11 @@ impl Layout {
     /// `R/snapshot/localfile/ID.lease`.
     pub fn lease_file(&self, id: &SnapshotId) -> PathBuf {
         self.data_root().join(format!("{id}.lease"))
+    }
+
+    /// `R/snapshot/localfile/ID.json`.
+    pub fn sidecar_file(&self, id: &SnapshotId) -> PathBuf {
+        self.data_root().join(format!("{id}.json"))
     }
 
     /// `R/snapshot/staging`: snapshots being created, and scratch files.

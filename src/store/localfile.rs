@@ -16,9 +16,12 @@ use crate::archive::{self, Compression, ExportOptions, ImportOptions, compress, 
 use crate::clone::{self, FileClasses, Job};
 use crate::envelope::{self, ENVELOPE_FILE, Envelope};
 use crate::error::{Error, Result};
+use crate::fsck::{self, FsckReport};
 use crate::fsutil::{self, Cleanup};
+use crate::gc::{self, GcOptions, GcOrchestrator, GcReport};
 use crate::index::{Index, IndexLock};
 use crate::resolve;
+use crate::store::sidecar::Sidecar;
 use crate::store::{
     CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
     DirectoryExporter, Layout, Lease, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
@@ -149,6 +152,27 @@ impl LocalFile {
         blocking(move || store.import_blocking(input, &opts)).await
     }
 
+    /// Removes leftovers of crashed or abandoned operations and, with `max_bytes`, evicts the
+    /// least recently used snapshots not in use; see [`GcOptions`].
+    ///
+    /// # Errors
+    /// [`Error::CorruptIndex`] (gc never touches a store whose index does not parse),
+    /// [`Error::Io`].
+    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
+        let store = self.clone();
+        blocking(move || gc::collect(store.layout(), &opts)).await
+    }
+
+    /// Checks the index against the data dirs and sidecars; with `repair`, mends what can be
+    /// mended without losing anything (see [`FsckReport`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`]. A corrupt index is a problem in the report, not an error.
+    pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        let store = self.clone();
+        blocking(move || fsck::check(store.layout(), repair)).await
+    }
+
     /// A tar stream of the snapshot, written on its own thread while the caller reads; with the
     /// envelope first (`export`) or without it (`restore`).
     fn stream(
@@ -188,13 +212,13 @@ impl LocalFile {
 
     // ---- index ----
 
-    fn read_index(&self) -> Result<Index> {
+    pub(crate) fn read_index(&self) -> Result<Index> {
         let _lock = IndexLock::acquire(&self.layout().index_lock(), false)?;
         Index::load(&self.layout().index_file())
     }
 
     /// Runs `f` on the index under the exclusive lock and saves the result if `f` succeeds.
-    fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+    pub(crate) fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let layout = self.layout();
         let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
         let mut index = Index::load(&layout.index_file())?;
@@ -487,27 +511,42 @@ impl LocalFile {
                 None => return Err(Error::InUse { id: id.clone() }),
             }
         }
-        // The records go first, in one atomic write: a crash after it leaves only orphan dirs,
-        // which nothing lists and gc removes, never a listed snapshot without its data.
+        // The sidecars and records go first, in one atomic index write: a crash after it leaves
+        // only orphan dirs without sidecars, which nothing lists and gc removes, never a listed
+        // snapshot without its data.
         let deleted = self.update_index(|index| {
-            Ok(ids
-                .iter()
-                .filter(|id| index.remove(id).is_some())
-                .cloned()
-                .collect::<Vec<_>>())
+            let mut deleted = Vec::new();
+            for id in &ids {
+                if index.snapshots.contains_key(id) {
+                    fsutil::remove_all(&layout.sidecar_file(id))?;
+                    index.remove(id);
+                    deleted.push(id.clone());
+                }
+            }
+            Ok(deleted)
         })?;
         for id in &deleted {
-            let dir = layout.data_dir(id);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", &dir, e)),
-            }
+            // Under `--force` someone may hold the lease; its file stays for them, and gc.
+            let leased = leases.iter().any(|l| l.id() == id);
+            remove_traces(layout, id, leased)?;
         }
         fsutil::fsync_dir(&layout.data_root())?;
         drop(leases);
         Ok(deleted)
     }
+}
+
+/// Removes what a snapshot without a record leaves on disk: its data dir, staging dir and
+/// sidecar, and its lease file when `leased` (the caller holds the lease exclusively, so no one
+/// can be waiting on that inode and then on a fresh one).
+pub(crate) fn remove_traces(layout: &Layout, id: &SnapshotId, leased: bool) -> Result<()> {
+    fsutil::remove_all(&layout.data_dir(id))?;
+    fsutil::remove_all(&layout.staging_dir(id))?;
+    fsutil::remove_all(&layout.sidecar_file(id))?;
+    if leased {
+        fsutil::remove_all(&layout.lease_file(id))?;
+    }
+    Ok(())
 }
 
 /// A snapshot being created: its ID, its build lease, its staging dir, and (once claimed) its
@@ -592,6 +631,8 @@ impl<'a> Creation<'a> {
 
         let size_bytes = files.iter().map(|f| f.bytes).sum();
         let id = self.id.clone();
+        let sidecar = layout.sidecar_file(&id);
+        self.cleanup.push(sidecar.clone());
         self.store.update_index(|index| {
             let record = index
                 .snapshots
@@ -602,7 +643,7 @@ impl<'a> Creation<'a> {
             record.pending = false;
             record.size_bytes = size_bytes;
             record.last_accessed_at = Some(gotime::now());
-            Ok(())
+            Sidecar::new(record.clone(), files).write(&sidecar)
         })?;
         if let Some(pending) = self.pending.take() {
             pending.disarm();
@@ -798,6 +839,12 @@ impl Snapshot for LocalFile {
             ..ImportOptions::default()
         };
         Ok(self.import_with(archive, opts).await?.id)
+    }
+
+    fn register_gc(&self, orchestrator: &mut GcOrchestrator) {
+        orchestrator.register(Box::new(gc::Collector {
+            store: self.clone(),
+        }));
     }
 }
 

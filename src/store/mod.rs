@@ -7,6 +7,7 @@
 mod layout;
 mod lease;
 mod localfile;
+pub(crate) mod sidecar;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -16,8 +17,10 @@ use serde::Serialize;
 pub use layout::Layout;
 pub use lease::Lease;
 pub use localfile::LocalFile;
+pub(crate) use localfile::remove_traces;
 
 use crate::error::Result;
+use crate::gc::GcOrchestrator;
 use crate::types::{Config, FileReport, Record, SnapshotId};
 
 /// A tar stream of a snapshot, as `restore` and `export` hand it out.
@@ -180,6 +183,10 @@ pub trait Snapshot {
         name: Option<String>,
         description: Option<String>,
     ) -> impl Future<Output = Result<SnapshotId>> + Send;
+
+    /// Registers the store's collector with `orchestrator` (cocoon's `RegisterGC`): the same
+    /// collector `snapstore gc` runs, exposing the image blob IDs the snapshots reference.
+    fn register_gc(&self, orchestrator: &mut GcOrchestrator);
 }
 
 /// Direct access to a snapshot's data directory.

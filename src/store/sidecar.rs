@@ -1,0 +1,86 @@
+//! The sidecar, `R/snapshot/localfile/ID.json`: a copy of a snapshot's record and file list,
+//! kept beside (not inside) its data dir so the data files stay exactly the snapshot's.
+//!
+//! ```json
+//! { "version": 1, "record": { "id": "ID", "name": "base", ..., "size_bytes": 9663676416 },
+//!   "files": [ { "name": "disk.raw", "bytes": 8589934592 }, { "name": "mem", "bytes": 1073741824 } ] }
+//! ```
+//!
+//! Written atomically at commit, under the index lock, before the record is marked complete;
+//! removed first by `rm`, so a data dir without a record but with a sidecar means a lost index,
+//! never a half-done delete. fsck rebuilds the index from sidecars.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::types::{FileReport, Record};
+
+/// The only sidecar version there is.
+const SIDECAR_VERSION: u64 = 1;
+
+/// Mode of a sidecar: readable as the index is.
+const SIDECAR_MODE: u32 = 0o644;
+
+/// A sidecar's contents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Sidecar {
+    pub(crate) version: u64,
+    pub(crate) record: Record,
+    pub(crate) files: Vec<SidecarFile>,
+}
+
+/// One data file as the snapshot was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SidecarFile {
+    pub(crate) name: String,
+    pub(crate) bytes: u64,
+}
+
+impl Sidecar {
+    /// The sidecar of a complete `record` with data files `files`.
+    pub(crate) fn new(record: Record, files: &[FileReport]) -> Sidecar {
+        Sidecar {
+            version: SIDECAR_VERSION,
+            record,
+            files: files
+                .iter()
+                .map(|f| SidecarFile {
+                    name: f.name.clone(),
+                    bytes: f.bytes,
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the sidecar at `path` atomically and durably.
+    pub(crate) fn write(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec(self)
+            .map_err(|e| Error::io("serialize", path, std::io::Error::other(e)))?;
+        bytes.push(b'\n');
+        fsutil::write_atomic(path, &bytes, SIDECAR_MODE)
+    }
+
+    /// Reads the sidecar at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be read, or does not parse (`InvalidData`).
+    pub(crate) fn read(path: &Path) -> Result<Sidecar> {
+        let bytes = fsutil::read(path)?;
+        let invalid = |e: String| {
+            Error::io(
+                "parse sidecar",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        };
+        let sidecar: Sidecar =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        if sidecar.version != SIDECAR_VERSION {
+            return Err(invalid(format!("unknown version {}", sidecar.version)));
+        }
+        Ok(sidecar)
+    }
+}
