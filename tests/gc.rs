@@ -87,10 +87,12 @@ impl Fixture {
 /// A process holding an exclusive flock on `path`, as a live creator holds its lease. `-o`
 /// keeps the lock out of `sleep`, so killing flock(1) frees it.
 fn hold_lock(path: &Path) -> KillOnDrop {
-    let child = Command::new("flock")
-        .args(["-x", "-o", path.to_str().unwrap(), "sleep", "60"])
-        .spawn()
-        .unwrap();
+    let holder = KillOnDrop(
+        Command::new("flock")
+            .args(["-x", "-o", path.to_str().unwrap(), "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    );
     // flock(1) takes the lock before it runs sleep; wait until it shows.
     for _ in 0..200 {
         let free = Command::new("flock")
@@ -99,7 +101,7 @@ fn hold_lock(path: &Path) -> KillOnDrop {
             .unwrap()
             .success();
         if !free {
-            return KillOnDrop(child);
+            return holder;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -227,7 +229,7 @@ async fn max_bytes_evicts_least_recently_used_snapshots_not_in_use() {
     let report = f.store.gc(opts).await.unwrap();
     let evicted: Vec<_> = report.evicted.iter().map(|e| e.id.clone()).collect();
     assert_eq!(evicted, [c.clone(), a.clone()]);
-    assert_eq!(report.in_use, [b.clone()]);
+    assert_eq!(report.in_use, std::slice::from_ref(&b));
     assert_eq!(report.apparent_bytes, size);
     let listed: Vec<String> = f
         .store
