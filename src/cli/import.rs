@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use snapstore::{DEFAULT_MAX_FILE_SIZE, ImportOptions, LocalFile, TarStream};
+use snapstore::{DEFAULT_MAX_FILE_SIZE, ImportOptions, LocalFile, TarStream, parse_size};
 
 use super::Output;
 
@@ -22,8 +22,8 @@ pub(crate) struct Args {
     /// Description of the new snapshot [default: the envelope's]
     #[arg(long)]
     description: Option<String>,
-    /// Largest real size of one file in the archive, in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_SIZE)]
+    /// Largest real size of one file in the archive (bytes, or K/M/G/T) [default: 16T]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value_t = DEFAULT_MAX_FILE_SIZE, hide_default_value = true)]
     max_file_size: u64,
 }
 

@@ -238,3 +238,116 @@ pub fn fails(root: &Path, args: &[&str]) -> String {
     assert!(err.starts_with("error: "), "{err}");
     err
 }
+
+/// The store's index as JSON; panics (failing the test) when it is missing or does not parse.
+pub fn index_json(root: &Path) -> serde_json::Value {
+    let path = root.join("snapshot/db/snapshots.json");
+    let bytes = std::fs::read(&path).unwrap_or_default();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::json!({"snapshots": {}, "names": {}});
+    }
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
+}
+
+/// The regular files of `dir` with their sizes, by name; `snapshot.json` left out.
+pub fn file_sizes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "snapshot.json")
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            assert!(
+                meta.is_file(),
+                "{} is not a regular file",
+                e.path().display()
+            );
+            (e.file_name().to_string_lossy().into_owned(), meta.len())
+        })
+        .collect()
+}
+
+/// Checks that every complete snapshot in the index of the store at `root` has a data dir
+/// holding exactly the files of `src`, at their sizes. Returns the complete IDs with their names.
+pub fn assert_complete_snapshots_intact(
+    root: &Path,
+    src: &Path,
+) -> std::collections::BTreeMap<String, String> {
+    let index = index_json(root);
+    let expected = file_sizes(src);
+    let mut complete = std::collections::BTreeMap::new();
+    for (id, record) in index["snapshots"].as_object().unwrap() {
+        if record["pending"].as_bool().unwrap_or(false) {
+            continue;
+        }
+        let dir = root.join("snapshot/localfile").join(id);
+        assert_eq!(
+            file_sizes(&dir),
+            expected,
+            "snapshot {id} in {}",
+            dir.display()
+        );
+        let name = record["name"].as_str().unwrap_or("").to_string();
+        complete.insert(id.clone(), name);
+    }
+    complete
+}
+
+/// Checks that the store at `root` holds exactly `expected` (ID → name), all complete, with
+/// nothing else: no pending record, no data dir, sidecar or lease without a record, no staging
+/// or temp leftovers, and names that map to exactly those IDs.
+pub fn assert_store_holds(root: &Path, expected: &std::collections::BTreeMap<String, String>) {
+    let index = index_json(root);
+    let snapshots = index["snapshots"].as_object().unwrap();
+    let ids: Vec<&String> = snapshots.keys().collect();
+    assert_eq!(
+        ids,
+        expected.keys().collect::<Vec<_>>(),
+        "records in the index"
+    );
+    for (id, record) in snapshots {
+        assert!(
+            !record["pending"].as_bool().unwrap_or(false),
+            "{id} pending"
+        );
+        assert_eq!(record["name"].as_str().unwrap_or(""), expected[id], "{id}");
+    }
+    let names = index["names"].as_object().unwrap();
+    let named: std::collections::BTreeMap<&str, &str> = expected
+        .iter()
+        .filter(|(_, n)| !n.is_empty())
+        .map(|(id, n)| (n.as_str(), id.as_str()))
+        .collect();
+    let in_index: std::collections::BTreeMap<&str, &str> = names
+        .iter()
+        .map(|(n, id)| (n.as_str(), id.as_str().unwrap()))
+        .collect();
+    assert_eq!(in_index, named, "names map to exactly the snapshots");
+
+    let data = root.join("snapshot/localfile");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_suffix(".lease")
+            .or_else(|| name.strip_suffix(".json"))
+            .unwrap_or(&name);
+        assert!(
+            expected.contains_key(id),
+            "{} has no record",
+            data.join(&name).display()
+        );
+    }
+    let leftovers = |dir: PathBuf| -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-") || dir.ends_with("staging"))
+            .collect()
+    };
+    assert_eq!(
+        leftovers(root.join("snapshot/staging")),
+        Vec::<String>::new()
+    );
+    assert_eq!(leftovers(root.join("snapshot/db")), Vec::<String>::new());
+}
