@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs a command with loop-mounted btrfs and XFS (reflink=1) scratch filesystems, then removes them.
+# Runs a command with loop-mounted btrfs and XFS (reflink=1) scratch filesystems, and a small
+# (256 MiB) ext4 one for running out of space, then removes them.
 #
 #   ci/with-cow-fs.sh cargo test
 #
-# Exports SNAPSTORE_TEST_BTRFS and SNAPSTORE_TEST_XFS (directories on the mounts) and, once both
-# mounts succeed, SNAPSTORE_REQUIRE_COW=1, which makes the reflink tests fail instead of skip.
+# Exports SNAPSTORE_TEST_BTRFS, SNAPSTORE_TEST_XFS and SNAPSTORE_TEST_SMALL (the mounts) and,
+# once all mounts succeed, SNAPSTORE_REQUIRE_COW=1, which makes those tests fail instead of skip.
 # Without root or loop devices it says `SKIPPED: <reason>` loudly and runs the command anyway,
 # so the tests on the root filesystem (no reflink: the fallbacks) still run.
 # Installs btrfs-progs and xfsprogs with apt-get when they are missing and it can.
@@ -44,10 +45,11 @@ need_tools() {
 # mount_fs TYPE: makes an image, formats and loop-mounts it; prints the mount point.
 mount_fs() {
     local type=$1 img="$work/$1.img" mnt="$work/mnt-$1"
-    truncate -s "$size" "$img"
     case $type in
-        btrfs) mkfs.btrfs -q "$img" >&2 ;;
-        xfs) mkfs.xfs -q -m reflink=1 "$img" >&2 ;;
+        btrfs) truncate -s "$size" "$img" && mkfs.btrfs -q "$img" >&2 ;;
+        xfs) truncate -s "$size" "$img" && mkfs.xfs -q -m reflink=1 "$img" >&2 ;;
+        # No blocks reserved for root, so the tests (run as root) see the same free space.
+        small) truncate -s 256M "$img" && mkfs.ext4 -q -F -m 0 "$img" >&2 ;;
     esac
     mkdir -p "$mnt"
     mount -o loop "$img" "$mnt" >&2
@@ -63,7 +65,7 @@ elif ! need_tools; then
 else
     work=$(mktemp -d /var/tmp/snapstore-cowfs.XXXXXX)
     ok=1
-    for type in btrfs xfs; do
+    for type in btrfs xfs small; do
         if mnt=$(mount_fs "$type"); then
             mounted+=("$mnt")
             var=SNAPSTORE_TEST_$(echo "$type" | tr a-z A-Z)

@@ -42,6 +42,19 @@ pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Opens a lock file for a shared (reader's) flock: read-only when it exists, so a store on a
+/// read-only filesystem can still be read. `None` when it is missing there and cannot be made:
+/// on a read-only filesystem no writer can exist either, so there is nothing to lock against.
+pub(crate) fn open_shared_lock_file(path: &Path) -> std::io::Result<Option<File>> {
+    match File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match open_lock_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Ok(None),
+            other => other.map(Some),
+        },
+        other => other.map(Some),
+    }
+}
+
 /// Reads a whole file.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io("read", path, e))

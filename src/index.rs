@@ -14,7 +14,6 @@
 //! index that does not parse is never overwritten: every operation refuses it, naming the file.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::ErrorKind;
 use std::path::Path;
 
@@ -132,17 +131,12 @@ impl IndexLock {
     /// the reader goes ahead without a lock.
     pub(crate) fn acquire(path: &Path, exclusive: bool) -> Result<Option<IndexLock>> {
         let file = if exclusive {
-            fsutil::open_lock_file(path)
+            fsutil::open_lock_file(path).map(Some)
         } else {
-            match File::open(path) {
-                Err(e) if e.kind() == ErrorKind::NotFound => match fsutil::open_lock_file(path) {
-                    Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => return Ok(None),
-                    other => other,
-                },
-                other => other,
-            }
+            fsutil::open_shared_lock_file(path)
         }
         .map_err(|e| Error::io("open lock file", path, e))?;
+        let Some(file) = file else { return Ok(None) };
         let lock = FileLock::lock(file, exclusive).map_err(|e| Error::io("lock", path, e))?;
         Ok(Some(IndexLock { _lock: lock }))
     }

@@ -223,7 +223,8 @@ async fn a_copy_that_would_not_fit_fails_up_front() {
     assert!(!run.exists(), "nothing written");
 }
 
-/// A read-only store root: a save fails naming the path and changes nothing; reads still work.
+/// A read-only store root: a save fails naming the path and changes nothing; reads and clones
+/// out still work.
 #[tokio::test]
 async fn a_read_only_store_refuses_writes_and_still_lists() {
     if !nix::unistd::geteuid().is_root() {
@@ -247,6 +248,7 @@ async fn a_read_only_store_refuses_writes_and_still_lists() {
     mounted.remount("ro");
     let before = store_state(&mnt);
 
+    let src_copy = src.clone();
     let err = store
         .create(config("new"), src, SaveOptions::default())
         .await
@@ -256,6 +258,13 @@ async fn a_read_only_store_refuses_writes_and_still_lists() {
     assert_eq!(store_state(&mnt), before);
     assert_eq!(store.list().await.unwrap().len(), 1);
     assert_eq!(store.inspect("base").await.unwrap().config.name, "base");
+    // Cloning out reads the store under a lease it cannot record: still a clone.
+    let run = tmp.path().join("run");
+    let opts = snapstore::CloneOptions::default();
+    let source = snapstore::CloneSource::Ref("base".into());
+    store.clone_to_dir(source, run.clone(), opts).await.unwrap();
+    assert!(same_file(&src_copy.join("cow.raw"), &run.join("cow.raw")));
+    assert_eq!(store_state(&mnt), before);
 }
 
 /// A tmpfs mounted at a new dir for one test, unmounted on drop (root only).

@@ -17,13 +17,18 @@ use crate::types::SnapshotId;
 #[derive(Debug)]
 pub struct Lease {
     id: SnapshotId,
-    _lock: FileLock,
+    /// `None` on a read-only store, where no one can delete the snapshot anyway.
+    _lock: Option<FileLock>,
 }
 
 impl Lease {
     /// Waits for a shared (reader's) lease on the snapshot whose lease file is `path`.
     pub(crate) fn shared(path: &Path, id: &SnapshotId) -> Result<Lease> {
-        let lock = FileLock::lock(open(path)?, false).map_err(|e| Error::io("lock", path, e))?;
+        let file =
+            fsutil::open_shared_lock_file(path).map_err(|e| Error::io("open lease", path, e))?;
+        let lock = file
+            .map(|file| FileLock::lock(file, false).map_err(|e| Error::io("lock", path, e)))
+            .transpose()?;
         Ok(Lease {
             id: id.clone(),
             _lock: lock,
@@ -35,7 +40,7 @@ impl Lease {
         let lock = FileLock::try_lock(open(path)?, true).map_err(|e| Error::io("lock", path, e))?;
         Ok(lock.map(|lock| Lease {
             id: id.clone(),
-            _lock: lock,
+            _lock: Some(lock),
         }))
     }
 

@@ -135,8 +135,7 @@ impl LocalFile {
             let (lease, dir, config, names) = store.open_for_read(&reference)?;
             let envelope = Envelope::new(config, names.clone());
             write_archive(&dir, &names, Some(&envelope), opts, out, &label)?;
-            drop(lease);
-            Ok(())
+            store.touch(lease.id())
         })
         .await
     }
@@ -185,6 +184,7 @@ impl LocalFile {
         let envelope = with_envelope.then(|| Envelope::new(config.clone(), names.clone()));
         let (writer, reader) = archive::channel();
         let failed = writer.failer();
+        let store = self.clone();
         std::thread::spawn(move || {
             let label = PathBuf::from("<export stream>");
             if let Err(e) = write_archive(
@@ -197,6 +197,10 @@ impl LocalFile {
             ) {
                 // Gone when the reader dropped the stream, which is how a caller stops it.
                 failed.fail(std::io::Error::other(e));
+            } else {
+                // The reader has every byte by now; a failed update only leaves the snapshot
+                // looking older to gc's eviction, so there is no one to tell.
+                let _ = store.touch(lease.id());
             }
             drop(lease);
         });
@@ -205,7 +209,7 @@ impl LocalFile {
 
     /// The snapshot's data dir, config and file names, under a lease held until dropped.
     fn open_for_read(&self, reference: &str) -> Result<(Lease, PathBuf, Config, Vec<String>)> {
-        let (dir, config, lease) = self.data_dir_blocking(reference)?;
+        let (dir, config, lease) = self.lease(reference)?;
         let (names, _) = data_files(&dir)?;
         Ok((lease, dir, config, names))
     }
@@ -402,21 +406,45 @@ impl LocalFile {
     }
 
     fn data_dir_blocking(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
+        let (dir, config, lease) = self.lease(reference)?;
+        self.touch(lease.id())?;
+        Ok((dir, config, lease))
+    }
+
+    /// The data dir and config of the snapshot `reference` names, under a shared lease.
+    fn lease(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
         let id = resolve::resolve(&self.read_index()?, reference)?;
         let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
         // A delete may have finished between the lookup and the lease: look again under it.
-        let config = self.update_index(|index| {
-            let record = index
-                .snapshots
-                .get_mut(&id)
-                .filter(|r| !r.pending)
-                .ok_or_else(|| Error::NotFound {
-                    reference: reference.to_string(),
-                })?;
-            record.last_accessed_at = Some(gotime::now());
-            Ok(record.config.clone())
-        })?;
-        Ok((self.layout().data_dir(&id), config, lease))
+        let index = self.read_index()?;
+        let record = index
+            .snapshots
+            .get(&id)
+            .filter(|r| !r.pending)
+            .ok_or_else(|| Error::NotFound {
+                reference: reference.to_string(),
+            })?;
+        Ok((self.layout().data_dir(&id), record.config.clone(), lease))
+    }
+
+    /// Records a use of the snapshot (for gc's least-recently-used eviction). Called once the
+    /// use succeeded, so a failed clone or export leaves the index as it was.
+    /// A read-only store records nothing, and is not an error to read from.
+    fn touch(&self, id: &SnapshotId) -> Result<()> {
+        let touched = self.update_index(|index| {
+            if let Some(record) = index.snapshots.get_mut(id) {
+                record.last_accessed_at = Some(gotime::now());
+            }
+            Ok(())
+        });
+        match touched {
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     // ---- clone out ----
@@ -433,9 +461,10 @@ impl LocalFile {
         };
         match source {
             CloneSource::Ref(reference) => {
-                let (data_dir, config, _lease) = self.data_dir_blocking(reference)?;
+                let (data_dir, config, lease) = self.lease(reference)?;
                 let (names, _) = data_files(&data_dir)?;
                 let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
+                self.touch(lease.id())?;
                 cleanup.disarm();
                 Ok(CloneReport { files, config })
             }
@@ -457,7 +486,7 @@ impl LocalFile {
     }
 
     fn export_to_dir_blocking(&self, reference: &str, dir: &Path) -> Result<CloneReport> {
-        let (data_dir, config, _lease) = self.data_dir_blocking(reference)?;
+        let (data_dir, config, lease) = self.lease(reference)?;
         let (names, _) = data_files(&data_dir)?;
         let ladder = clone::Options {
             allow_hardlink: false,
@@ -465,6 +494,7 @@ impl LocalFile {
         };
         let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
         envelope::write(dir, &Envelope::new(config.clone(), names))?;
+        self.touch(lease.id())?;
         cleanup.disarm();
         Ok(CloneReport { files, config })
     }
