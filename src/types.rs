@@ -250,7 +250,9 @@ pub(crate) mod gotime {
     /// `t` as Go's `time.RFC3339Nano` formats it.
     pub(crate) fn format(t: &DateTime<FixedOffset>) -> String {
         // Go trims trailing zeros of the fraction, and the dot when nothing is left.
-        let fraction = match t.nanosecond() {
+        // chrono holds a leap second (`:60`) as second 59 plus a whole second of nanoseconds;
+        // `%S` prints the 60, so only the remainder is a fraction.
+        let fraction = match t.nanosecond() % 1_000_000_000 {
             0 => String::new(),
             n => format!(".{n:09}").trim_end_matches('0').to_string(),
         };
