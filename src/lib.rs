@@ -8,7 +8,7 @@
 //!
 //! The on-disk layout and the index are those of cocoon's localfile snapshot backend, so
 //! snapstore can manage a cocoon root. Read the modules in order to see the whole design:
-//! types → index → resolve → envelope → clone ladder → store → archive → gc → fsck.
+//! types → index → resolve → envelope → clone ladder → store → archive → gc → fsck → du.
 //!
 //! ```no_run
 //! # async fn demo() -> snapstore::Result<()> {
@@ -28,6 +28,7 @@
 
 mod archive;
 mod clone;
+mod du;
 mod envelope;
 mod error;
 mod fsck;
@@ -38,7 +39,7 @@ mod gc;
 mod index;
 mod resolve;
 mod store;
-#[allow(unsafe_code)] // the one libc call nix lacks: sync_file_range
+#[allow(unsafe_code)] // sync_file_range and FIEMAP, each with its SAFETY note
 mod sys;
 mod types;
 mod units;
@@ -48,6 +49,7 @@ pub use crate::archive::{
 };
 pub use crate::clone::probe::Capabilities;
 pub use crate::clone::{DEFAULT_IMMUTABLE_PATTERNS, FileClasses};
+pub use crate::du::{DuReport, SnapshotUsage, Usage};
 pub use crate::envelope::{
     ENVELOPE_FILE, ENVELOPE_VERSION, Envelope, read as read_envelope, read_config,
 };

@@ -1,9 +1,10 @@
 //! The one place snapstore calls the kernel directly: FICLONE, hard links, SEEK_DATA/SEEK_HOLE,
-//! copy_file_range, hole punching, flock, statfs and directory fsync.
+//! copy_file_range, hole punching, FIEMAP, flock, statfs and directory fsync.
 //!
 //! Every function is safe, takes `&File` or `&Path` and returns `io::Result`, so the errno reaches
-//! the caller intact. The one `unsafe` call of the crate lives here, with its SAFETY note. Which errnos mean "this rung of the ladder is not possible here" is decided
-//! by the `*_unsupported` predicates kept beside each call.
+//! the caller intact. The crate's only `unsafe` calls live here (sync_file_range, FIEMAP), each
+//! with its SAFETY note. Which errnos mean "this rung of the ladder is not possible here" is
+//! decided by the `*_unsupported` predicates kept beside each call.
 
 use std::fs::File;
 use std::io;
@@ -129,6 +130,128 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// One extent of a file as FIEMAP reports it (`Documentation/filesystems/fiemap.rst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    /// Offset in the file.
+    pub(crate) logical: u64,
+    /// Offset on the device; meaningless for inline and unknown extents.
+    pub(crate) physical: u64,
+    /// Length in bytes.
+    pub(crate) length: u64,
+    flags: u32,
+}
+
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const FIEMAP_EXTENT_UNKNOWN: u32 = 0x2;
+const FIEMAP_EXTENT_DELALLOC: u32 = 0x4;
+const FIEMAP_EXTENT_DATA_INLINE: u32 = 0x200;
+const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+const FIEMAP_FLAG_SYNC: u32 = 0x1;
+
+impl Extent {
+    /// The extent's blocks belong to other files too (a reflink, a snapshot, dedupe).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.flags & FIEMAP_EXTENT_SHARED != 0
+    }
+
+    /// `physical` is a real, distinct place on the device.
+    pub(crate) fn has_location(&self) -> bool {
+        self.flags & (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_DATA_INLINE)
+            == 0
+    }
+}
+
+/// `struct fiemap_extent` of `<linux/fiemap.h>`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawExtent {
+    fe_logical: u64,
+    fe_physical: u64,
+    fe_length: u64,
+    fe_reserved64: [u64; 2],
+    fe_flags: u32,
+    fe_reserved: [u32; 3],
+}
+
+/// How many extents one FIEMAP call asks for.
+const FIEMAP_BATCH: usize = 256;
+
+/// `struct fiemap` of `<linux/fiemap.h>`, with room for a batch of extents after its header.
+#[repr(C)]
+struct RawFiemap {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+    fm_extents: [RawExtent; FIEMAP_BATCH],
+}
+
+/// The header alone, whose size the ioctl number encodes, as the kernel's `struct fiemap`.
+#[repr(C)]
+struct FiemapHeader {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+}
+
+nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, FiemapHeader);
+
+/// Every extent of `file`, in file order (`FS_IOC_FIEMAP`, synced first so delayed allocation
+/// shows as real extents). EOPNOTSUPP on filesystems without FIEMAP (tmpfs).
+pub(crate) fn fiemap(file: &File) -> io::Result<Vec<Extent>> {
+    use std::os::fd::AsRawFd;
+    let mut extents = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let mut request = Box::new(RawFiemap {
+            fm_start: start,
+            fm_length: u64::MAX - start,
+            fm_flags: FIEMAP_FLAG_SYNC,
+            fm_mapped_extents: 0,
+            fm_extent_count: FIEMAP_BATCH as u32,
+            fm_reserved: 0,
+            fm_extents: [RawExtent::default(); FIEMAP_BATCH],
+        });
+        // SAFETY: `file` is open for the whole call. `request` is a live, exclusively borrowed
+        // `struct fiemap` followed by room for `fm_extent_count` extents, which is all the kernel
+        // writes; the header type only gives the ioctl its number.
+        unsafe {
+            fs_ioc_fiemap(
+                file.as_raw_fd(),
+                std::ptr::from_mut(&mut *request).cast::<FiemapHeader>(),
+            )
+        }?;
+        let mapped = (request.fm_mapped_extents as usize).min(FIEMAP_BATCH);
+        let batch = &request.fm_extents[..mapped];
+        extents.extend(batch.iter().map(|e| Extent {
+            logical: e.fe_logical,
+            physical: e.fe_physical,
+            length: e.fe_length,
+            flags: e.fe_flags,
+        }));
+        match batch.last() {
+            Some(last) if last.fe_flags & FIEMAP_EXTENT_LAST == 0 => {
+                start = last.fe_logical.saturating_add(last.fe_length);
+            }
+            _ => return Ok(extents),
+        }
+    }
+}
+
+/// Whether a FIEMAP error means the filesystem cannot map extents (tmpfs: EOPNOTSUPP).
+pub(crate) fn fiemap_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EOPNOTSUPP | Errno::ENOTTY)
+    )
 }
 
 /// Flushes a directory's entries to disk, so a rename or a new file in it survives power loss.

@@ -400,3 +400,39 @@ fn the_root_comes_from_the_environment_when_not_given() {
     assert!(out.status.success(), "{out:?}");
     assert!(env_root.join("snapshot/db/snapshots.json").exists());
 }
+
+#[test]
+fn du_counts_a_hardlinked_memory_file_as_shared_until_the_source_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let src = vm_snapshot(&tmp.path().join("src"), 4 * MIB, 16 * MIB, MIB);
+    let from = src.to_str().unwrap();
+    ok(
+        &root,
+        &["save", "--from-dir", from, "--name", "a", "--link"],
+    );
+    let du =
+        || -> serde_json::Value { serde_json::from_str(&ok(&root, &["du", "--json"])).unwrap() };
+    let memory = blocks(&src.join("memory-range-0")) * 512;
+
+    let report = du();
+    let a = &report["snapshots"][0];
+    assert_eq!(a["name"], "a");
+    assert_eq!(
+        a["apparent_bytes"].as_u64().unwrap(),
+        file_sizes(&src).values().sum::<u64>()
+    );
+    assert_eq!(a["shared_bytes"].as_u64().unwrap(), memory, "{report}");
+    let allocated = a["allocated_bytes"].as_u64().unwrap();
+    assert_eq!(a["exclusive_bytes"].as_u64().unwrap(), allocated - memory);
+    assert_eq!(report["total"]["allocated_bytes"], a["allocated_bytes"]);
+
+    std::fs::remove_file(src.join("memory-range-0")).unwrap();
+    let report = du();
+    assert_eq!(report["snapshots"][0]["shared_bytes"], 0);
+    let text = ok(&root, &["du", "a"]);
+    assert!(text.lines().next().unwrap().starts_with("ID"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("TOTAL"), "{text}");
+    let err = fails(&root, &["du", "nope"]);
+    assert!(err.contains("\"nope\""), "{err}");
+}

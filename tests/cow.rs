@@ -9,6 +9,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use snapstore::{
@@ -296,4 +297,80 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// `du` splits a snapshot's blocks into shared and exclusive as the kernel does: shared with its
+/// source after a reflink save, its own once the source is gone, shared again after a reflink
+/// clone out. `filefrag -v` is the witness.
+async fn du_follows_the_kernels_shared_extents(var: &str) {
+    let Some(tmp) = cow_dir(var) else { return };
+    let src = vm_snapshot(&tmp.path().join("src"), 8 * MIB, 64 * MIB, 8 * MIB);
+    let store = LocalFile::open(tmp.path().join("root")).unwrap();
+    let id = store
+        .create(config("a"), src.clone(), SaveOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let data = tmp.path().join("root/snapshot/localfile").join(id.as_str());
+    let witness = || -> u64 {
+        FILES
+            .iter()
+            .map(|f| filefrag_shared_bytes(&data.join(f)))
+            .sum()
+    };
+    let du = || async { store.du(&["a".into()]).await.unwrap() };
+
+    let saved = du().await;
+    let usage = saved.snapshots[0].usage;
+    assert_eq!(usage.shared_bytes, witness(), "{usage:?}");
+    assert!(
+        usage.shared_bytes >= 12 * MIB,
+        "the big files share with src: {usage:?}"
+    );
+    assert_eq!(
+        usage.shared_bytes + usage.exclusive_bytes,
+        usage.allocated_bytes
+    );
+    assert_eq!(usage.apparent_bytes, saved.total.apparent_bytes);
+
+    // The source gone (and the deletion committed), every block is the snapshot's own.
+    std::fs::remove_dir_all(&src).unwrap();
+    assert!(Command::new("sync").status().unwrap().success());
+    let alone = du().await.snapshots[0].usage;
+    assert_eq!(alone.shared_bytes, 0, "{alone:?}");
+    assert_eq!(witness(), 0);
+    assert_eq!(alone.exclusive_bytes, alone.allocated_bytes);
+
+    // A reflink clone out shares them again; a second snapshot of the clone does too, and the
+    // store's distinct extents stay one copy's worth.
+    let run = tmp.path().join("run");
+    let opts = CloneOptions::default();
+    store
+        .clone_to_dir(CloneSource::Ref("a".into()), run.clone(), opts)
+        .await
+        .unwrap();
+    let cloned = du().await.snapshots[0].usage;
+    assert_eq!(cloned.shared_bytes, witness(), "{cloned:?}");
+    assert!(cloned.shared_bytes >= 12 * MIB, "{cloned:?}");
+    store
+        .create(config("b"), run, SaveOptions::default())
+        .await
+        .unwrap();
+    let both = store.du(&[]).await.unwrap();
+    assert_eq!(both.snapshots.len(), 2);
+    assert_eq!(both.total.allocated_bytes, 2 * cloned.allocated_bytes);
+    assert!(
+        both.on_disk_bytes <= cloned.allocated_bytes,
+        "shared extents counted once: {both:?}"
+    );
+}
+
+#[tokio::test]
+async fn du_on_btrfs_follows_the_kernel() {
+    du_follows_the_kernels_shared_extents("SNAPSTORE_TEST_BTRFS").await;
+}
+
+#[tokio::test]
+async fn du_on_xfs_follows_the_kernel() {
+    du_follows_the_kernels_shared_extents("SNAPSTORE_TEST_XFS").await;
 }

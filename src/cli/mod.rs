@@ -7,6 +7,7 @@ mod bench;
 mod clone;
 mod demo;
 mod doctor;
+mod du;
 mod export;
 mod fsck;
 mod gc;
@@ -65,6 +66,8 @@ enum Command {
     Export(export::Args),
     /// Import a snapshot from a directory with snapshot.json
     Import(import::Args),
+    /// Show apparent, allocated, shared and exclusive bytes per snapshot
+    Du(du::Args),
     /// Remove leftovers of crashed operations; evict least recently used snapshots
     Gc(gc::Args),
     /// Check the index against the data dirs; --repair mends what it can
@@ -138,6 +141,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Clone(args) => clone::run(&open()?, args, out).await,
             Command::Export(args) => export::run(&open()?, args, out).await,
             Command::Import(args) => import::run(&open()?, args, out).await,
+            Command::Du(args) => du::run(&open()?, args, out).await,
             Command::Gc(args) => gc::run(&open()?, args, out).await,
             Command::Fsck(args) => fsck::run(&open()?, args, out).await,
             Command::Doctor(args) => doctor::run(&open()?, args, out).await,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::archive::{self, Compression, ExportOptions, ImportOptions, compress, export, import};
 use crate::clone::{self, FileClasses, Job};
+use crate::du::{self, DuReport};
 use crate::envelope::{self, ENVELOPE_FILE, Envelope};
 use crate::error::{Error, Result};
 use crate::fsck::{self, FsckReport};
@@ -160,6 +161,34 @@ impl LocalFile {
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
         let store = self.clone();
         blocking(move || gc::collect(store.layout(), &opts)).await
+    }
+
+    /// Apparent, allocated, shared and exclusive bytes of the snapshots `refs` name (every
+    /// complete snapshot when `refs` is empty), read from the kernel's extent maps under leases.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Ambiguous`], [`Error::Io`].
+    pub async fn du(&self, refs: &[String]) -> Result<DuReport> {
+        let (store, refs) = (self.clone(), refs.to_vec());
+        blocking(move || {
+            let index = store.read_index()?;
+            let ids = if refs.is_empty() {
+                let mut records: Vec<_> = index.complete().collect();
+                records.sort_by_key(|(id, r)| (r.created_at, (*id).clone()));
+                records.into_iter().map(|(id, _)| id.clone()).collect()
+            } else {
+                resolve::resolve_many(&index, &refs)?
+            };
+            let mut leases = Vec::with_capacity(ids.len());
+            let mut dirs = Vec::with_capacity(ids.len());
+            for id in ids {
+                let (dir, config, lease) = store.lease(id.as_str())?;
+                dirs.push((id, config.name, dir));
+                leases.push(lease);
+            }
+            du::measure(&dirs)
+        })
+        .await
     }
 
     /// Checks the index against the data dirs and sidecars; with `repair`, mends what can be

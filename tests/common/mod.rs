@@ -86,8 +86,9 @@ pub fn vm_snapshot(dir: &Path, memory: u64, disk: u64, disk_data: u64) -> PathBu
     dir.to_path_buf()
 }
 
-/// The flags column of each extent `filefrag -v` lists for `path`: the kernel's FIEMAP account.
-pub fn extent_flags(path: &Path) -> Vec<String> {
+/// Each extent `filefrag -v` lists for `path`, as (length in bytes, flags): the kernel's FIEMAP
+/// account, read by a program that is not ours.
+pub fn filefrag_extents(path: &Path) -> Vec<(u64, String)> {
     let out = Command::new("filefrag")
         .arg("-v")
         .arg(path)
@@ -100,14 +101,46 @@ pub fn extent_flags(path: &Path) -> Vec<String> {
         out
     );
     let text = String::from_utf8_lossy(&out.stdout);
+    // "File size of F is 1048576 (256 blocks of 4096 bytes)", or "(1 block of 4096 bytes)"
+    let words: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("File size of "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let block: u64 = words
+        .iter()
+        .position(|w| *w == "bytes)")
+        .and_then(|i| words.get(i.checked_sub(1)?))
+        .and_then(|n| n.parse().ok())
+        .expect("filefrag prints its block size");
     text.lines()
         .filter(|l| {
             let first = l.trim_start().split(':').next().unwrap_or("");
             !first.is_empty() && first.chars().all(|c| c.is_ascii_digit())
         })
-        // "  0:  0.. 255:  3328.. 3583:  256:  last,shared,eof": flags are the last column.
-        .map(|l| l.rsplit(':').next().unwrap_or("").trim().to_string())
+        // "  0:  0.. 255:  3328.. 3583:  256:  last,shared,eof": the length is the fourth
+        // column, in blocks; the flags are the last.
+        .map(|l| {
+            let cols: Vec<&str> = l.split(':').collect();
+            let length: u64 = cols[3].trim().parse().expect("an extent length");
+            let flags = cols.last().unwrap_or(&"").trim().to_string();
+            (length * block, flags)
+        })
         .collect()
+}
+
+/// The flags column of each extent `filefrag -v` lists for `path`.
+pub fn extent_flags(path: &Path) -> Vec<String> {
+    filefrag_extents(path).into_iter().map(|(_, f)| f).collect()
+}
+
+/// Bytes of `path`'s extents that `filefrag -v` flags `shared`.
+pub fn filefrag_shared_bytes(path: &Path) -> u64 {
+    filefrag_extents(path)
+        .into_iter()
+        .filter(|(_, f)| f.split(',').any(|f| f == "shared"))
+        .map(|(len, _)| len)
+        .sum()
 }
 
 /// Whether every extent of `path` is shared with another file (FIEMAP_EXTENT_SHARED), and it
