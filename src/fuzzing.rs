@@ -19,7 +19,14 @@ pub fn import_tar(bytes: &[u8], staging: &Path) -> Result<()> {
     let label = Path::new("<fuzz input>");
     let input = compress::decompressor(Box::new(bytes))
         .map_err(|e| crate::Error::io("read archive", label, e))?;
-    import::read_tar(input, label, staging, FUZZ_MAX_FILE_SIZE).map(drop)
+    import::read_tar(
+        input,
+        label,
+        staging,
+        FUZZ_MAX_FILE_SIZE,
+        &Default::default(),
+    )
+    .map(drop)
 }
 
 /// Parses `bytes` as an index and as an envelope; what parses must survive a write and a read.

@@ -37,6 +37,7 @@ mod fsutil;
 pub mod fuzzing;
 mod gc;
 mod index;
+mod progress;
 mod resolve;
 mod store;
 #[allow(unsafe_code)] // sync_file_range and FIEMAP, each with its SAFETY note
@@ -58,6 +59,7 @@ pub use crate::fsck::{FsckReport, Problem, ProblemKind};
 pub use crate::gc::{
     DEFAULT_GRACE, Eviction, GcModule, GcOptions, GcOrchestrator, GcReport, Leftover, Removal,
 };
+pub use crate::progress::Progress;
 pub use crate::store::{
     CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
     DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions, Skipped, Snapshot,

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -435,4 +436,61 @@ fn du_counts_a_hardlinked_memory_file_as_shared_until_the_source_goes() {
     assert!(text.lines().last().unwrap().starts_with("TOTAL"), "{text}");
     let err = fails(&root, &["du", "nope"]);
     assert!(err.contains("\"nope\""), "{err}");
+}
+
+/// Runs `snapstore --root root ARGS` on a pseudo-terminal (util-linux `script`), with the
+/// progress bar's delay at zero; returns everything the terminal showed.
+fn on_a_terminal(root: &Path, args: &str, tmp: &Path) -> String {
+    let log = tmp.join("typescript");
+    let command = format!(
+        "{} --root {} {args}",
+        env!("CARGO_BIN_EXE_snapstore"),
+        root.display()
+    );
+    let status = Command::new("script")
+        .args(["-qfec", &command])
+        .arg(&log)
+        .env("SNAPSTORE_PROGRESS_DELAY", "0s")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script(1) runs");
+    assert!(status.success(), "{command}");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn a_progress_bar_shows_on_a_terminal_only_and_not_with_q() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let src = vm_snapshot(&tmp.path().join("src"), 8 * MIB, 64 * MIB, 8 * MIB);
+    let from = src.display();
+
+    let shown = on_a_terminal(
+        &root,
+        &format!("save --from-dir {from} --name a"),
+        tmp.path(),
+    );
+    assert!(shown.contains("saving") && shown.contains("B/s"), "{shown}");
+    let quiet = on_a_terminal(
+        &root,
+        &format!("-q save --from-dir {from} --name b"),
+        tmp.path(),
+    );
+    assert!(!quiet.contains("B/s"), "{quiet}");
+    let archive = tmp.path().join("a.tar");
+    let shown = on_a_terminal(
+        &root,
+        &format!("export a -o {}", archive.display()),
+        tmp.path(),
+    );
+    assert!(shown.contains("exporting"), "{shown}");
+
+    // In a pipe (as every other test runs it): not a byte of it.
+    let out = snapstore(&root, &["import", archive.to_str().unwrap(), "--name", "c"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("B/s") && !stderr.contains('\r'),
+        "{stderr}"
+    );
 }

@@ -778,3 +778,49 @@ async fn concurrent_saves_and_deletes_keep_the_index_whole() {
 }
 
 use std::os::unix::fs::MetadataExt;
+
+#[tokio::test]
+async fn progress_counts_the_data_bytes_that_copies_and_tar_move() {
+    let f = fixture();
+    let data: u64 = file_sizes(&f.src)
+        .keys()
+        .flat_map(|name| data_segments(&f.src.join(name)))
+        .map(|(_, len)| len)
+        .sum();
+    let saving = snapstore::Progress::new();
+    f.store
+        .with_progress(saving.clone())
+        .create(config("a"), f.src.clone(), SaveOptions::default())
+        .await
+        .unwrap();
+    // ext4 here: every file is copied, holes skipped.
+    assert_eq!(saving.done(), data);
+
+    let exporting = snapstore::Progress::new();
+    let archive = f.scratch("a.tar");
+    let out = Box::new(std::fs::File::create(&archive).unwrap());
+    f.store
+        .with_progress(exporting.clone())
+        .export_to(
+            "a",
+            snapstore::ExportOptions::default(),
+            out,
+            archive.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((exporting.done(), exporting.total()), (data, data));
+
+    let importing = snapstore::Progress::new();
+    let input = Box::new(std::fs::File::open(&archive).unwrap());
+    let opts = snapstore::ImportOptions {
+        name: Some("b".into()),
+        ..snapstore::ImportOptions::default()
+    };
+    f.store
+        .with_progress(importing.clone())
+        .import_with(input, opts)
+        .await
+        .unwrap();
+    assert_eq!(importing.done(), data);
+}

@@ -16,6 +16,7 @@ use crate::clone::sparse::data_segments;
 use crate::envelope::{ENVELOPE_FILE, Envelope};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::progress::Progress;
 
 /// Mode of every entry in an archive; the importer ignores modes anyway.
 const ENTRY_MODE: u32 = 0o644;
@@ -32,6 +33,7 @@ pub(crate) fn write_tar(
     names: &[String],
     envelope: Option<&Envelope>,
     format: SparseFormat,
+    progress: &Progress,
 ) -> Result<()> {
     let write_err = |e| Error::io("write archive", label, e);
     let mut builder = tar::Builder::new(out);
@@ -43,6 +45,8 @@ pub(crate) fn write_tar(
         let header = header(ENVELOPE_FILE, bytes.len() as u64, mtime).map_err(write_err)?;
         builder.append(&header, &bytes[..]).map_err(write_err)?;
     }
+    // Every file's data segments first, so the progress total is known from the start.
+    let mut files = Vec::with_capacity(names.len());
     for name in names {
         let path = dir.join(name);
         let file = fsutil::open(&path)?;
@@ -53,8 +57,12 @@ pub(crate) fn write_tar(
             .into_iter()
             .map(|(offset, length)| Segment { offset, length })
             .collect();
+        progress.add_total(segments.iter().map(|s| s.length).sum());
+        files.push((name, path, file, len, segments));
+    }
+    for (name, path, file, len, segments) in files {
         let data_len: u64 = segments.iter().map(|s| s.length).sum();
-        let reader = BufReader::with_capacity(READ_BUF, Segments::new(&file, &segments));
+        let reader = BufReader::with_capacity(READ_BUF, Segments::new(&file, &segments, progress));
         let sparse = data_len < len;
         let appended = if !sparse {
             let header = header(name, len, mtime).map_err(write_err)?;
@@ -155,15 +163,17 @@ struct Segments<'a> {
     segments: &'a [Segment],
     index: usize,
     done: u64,
+    progress: &'a Progress,
 }
 
 impl<'a> Segments<'a> {
-    fn new(file: &'a File, segments: &'a [Segment]) -> Segments<'a> {
+    fn new(file: &'a File, segments: &'a [Segment], progress: &'a Progress) -> Segments<'a> {
         Segments {
             file,
             segments,
             index: 0,
             done: 0,
+            progress,
         }
     }
 }
@@ -188,6 +198,7 @@ impl Read for Segments<'_> {
                 ));
             }
             self.done += n as u64;
+            self.progress.advance(n as u64);
             return Ok(n);
         }
         Ok(0)

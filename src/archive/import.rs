@@ -21,6 +21,7 @@ use crate::archive::sparse::{self, Segment};
 use crate::envelope::{ENVELOPE_FILE, Envelope};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::progress::Progress;
 use crate::sys;
 use crate::types::{CloneMethod, FileReport, is_plain_name};
 
@@ -52,6 +53,7 @@ pub(crate) fn read_tar(
     label: &Path,
     staging: &Path,
     max_size: u64,
+    progress: &Progress,
 ) -> Result<Imported> {
     let read_err = |e| Error::io("read archive", label, e);
     let hostile = |entry: &str, reason: &'static str| Error::HostileEntry {
@@ -108,11 +110,13 @@ pub(crate) fn read_tar(
         let file = fsutil::create_new(&path, 0o644)?;
         file.set_len(layout.real_size)
             .map_err(|e| Error::io("size", &path, e))?;
-        write_segments(&mut entry, &file, &layout.segments).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other => {
-                read_err(e)
+        write_segments(&mut entry, &file, &layout.segments, progress).map_err(|e| {
+            match e.kind() {
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::InvalidData
+                | io::ErrorKind::Other => read_err(e),
+                _ => Error::io("write", &path, e),
             }
-            _ => Error::io("write", &path, e),
         })?;
         file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
         files.push(FileReport {
@@ -278,7 +282,12 @@ fn gnu_00_map(pax: &HashMap<String, Vec<u8>>) -> Option<String> {
 /// Copies each segment's bytes from `data` to its place in `file`; all-zero 4 KiB blocks are
 /// left as holes (the file was already sized). Writeback is started every few MiB, overlapping
 /// the disk writes with reading the rest, so the closing fsync waits for less.
-fn write_segments(data: &mut impl Read, file: &File, segments: &[Segment]) -> io::Result<()> {
+fn write_segments(
+    data: &mut impl Read,
+    file: &File,
+    segments: &[Segment],
+    progress: &Progress,
+) -> io::Result<()> {
     let mut buf = vec![0u8; READ_BUF];
     // Segments come in file order, so what is unflushed is one range: `window..end`.
     let mut window: Option<u64> = None;
@@ -289,6 +298,7 @@ fn write_segments(data: &mut impl Read, file: &File, segments: &[Segment]) -> io
             let at = segment.offset + done;
             data.read_exact(&mut buf[..n])?;
             write_nonzero(file, &buf[..n], at)?;
+            progress.advance(n as u64);
             done += n as u64;
             let start = *window.get_or_insert(at);
             let end = at + n as u64;

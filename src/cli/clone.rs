@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use snapstore::{CloneOptions, CloneSource, LocalFile};
+use snapstore::{CloneOptions, CloneSource};
 
+use super::progress::Tracked;
 use super::{Output, files_table};
 
 #[derive(Debug, clap::Args)]
@@ -27,7 +28,7 @@ pub(crate) struct Args {
     no_hardlink: bool,
 }
 
-pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()> {
+pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     let source = match (args.reference, args.from_dir) {
         (Some(reference), None) => CloneSource::Ref(reference),
         (None, Some(dir)) => CloneSource::Dir(dir),
@@ -38,6 +39,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
         require_cow: args.require_cow,
     };
     let report = store.clone_to_dir(source, args.to_dir, opts).await?;
+    drop(store); // clears the progress bar
     if out.json {
         out.json(&report)
     } else {

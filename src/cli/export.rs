@@ -10,8 +10,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use snapstore::{Compression, DirectoryExporter, ExportOptions, LocalFile, Snapshot, SparseFormat};
+use snapstore::{Compression, DirectoryExporter, ExportOptions, Snapshot, SparseFormat};
 
+use super::progress::Tracked;
 use super::{Output, files_table};
 
 #[derive(Debug, clap::Args)]
@@ -41,9 +42,10 @@ enum Format {
     Gnu,
 }
 
-pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()> {
+pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     if let Some(dir) = args.to_dir {
         let report = store.export_to_dir(&args.reference, dir).await?;
+        drop(store); // clears the progress bar
         return if out.json {
             out.json(&report)
         } else {
@@ -104,6 +106,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
             anyhow::bail!("interrupted: no archive written to {}", target.display());
         }
     }
+    drop(store); // clears the progress bar
     temp.persist(&target)
         .with_context(|| format!("cannot rename the archive to {}", target.display()))?;
     out.note(format_args!(

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use snapstore::{DEFAULT_MAX_FILE_SIZE, ImportOptions, LocalFile, TarStream, parse_size};
+use snapstore::{DEFAULT_MAX_FILE_SIZE, ImportOptions, TarStream, parse_size};
 
 use super::Output;
+use super::progress::Tracked;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -27,7 +28,7 @@ pub(crate) struct Args {
     max_file_size: u64,
 }
 
-pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()> {
+pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     let report = match args.from_dir {
         Some(dir) => {
             store
@@ -52,6 +53,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
             store.import_with(input, opts).await?
         }
     };
+    drop(store); // clears the progress bar
     out.files("imported", &report.files);
     if out.json {
         out.json(&report)

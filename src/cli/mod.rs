@@ -14,6 +14,7 @@ mod gc;
 mod import;
 mod inspect;
 mod list;
+mod progress;
 mod rm;
 mod save;
 mod workload;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use progress::Bar;
 use serde::Serialize;
 use snapstore::{FileReport, Layout, LocalFile};
 
@@ -134,13 +136,17 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     let open = || LocalFile::open(&root);
     runtime.block_on(async move {
         match cli.command {
-            Command::Save(args) => save::run(&open()?, args, out).await,
+            Command::Save(args) => save::run(with_bar(open()?, out, "saving"), args, out).await,
             Command::List => list::run(&open()?, out).await,
             Command::Inspect(args) => inspect::run(&open()?, args, out).await,
             Command::Rm(args) => rm::run(&open()?, args, out).await,
-            Command::Clone(args) => clone::run(&open()?, args, out).await,
-            Command::Export(args) => export::run(&open()?, args, out).await,
-            Command::Import(args) => import::run(&open()?, args, out).await,
+            Command::Clone(args) => clone::run(with_bar(open()?, out, "cloning"), args, out).await,
+            Command::Export(args) => {
+                export::run(with_bar(open()?, out, "exporting"), args, out).await
+            }
+            Command::Import(args) => {
+                import::run(with_bar(open()?, out, "importing"), args, out).await
+            }
             Command::Du(args) => du::run(&open()?, args, out).await,
             Command::Gc(args) => gc::run(&open()?, args, out).await,
             Command::Fsck(args) => fsck::run(&open()?, args, out).await,
@@ -149,6 +155,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Bench(args) => bench::run(args, out).await,
         }
     })
+}
+
+/// The store, counting the bytes it moves into a progress bar that lives as long as it does.
+fn with_bar(store: LocalFile, out: Output, what: &'static str) -> progress::Tracked {
+    Bar::start(&out, what).attach(store)
 }
 
 /// Bytes as `truncate` and `ls -h` think of them: powers of 1024.

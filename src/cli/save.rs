@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use snapstore::{Config, ENVELOPE_FILE, LocalFile, SaveMode, SaveOptions, Snapshot};
+use snapstore::{Config, ENVELOPE_FILE, SaveMode, SaveOptions, Snapshot};
 
 use super::Output;
+use super::progress::Tracked;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -32,7 +33,7 @@ pub(crate) struct Args {
     require_cow: bool,
 }
 
-pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()> {
+pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     let mut config = match &args.config {
         Some(path) => snapstore::read_config(path)?,
         None if args.from_dir.join(ENVELOPE_FILE).exists() => {
@@ -58,6 +59,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
         require_cow: args.require_cow,
     };
     let report = store.create(config, args.from_dir, opts).await?;
+    drop(store); // clears the progress bar
     for skipped in &report.skipped {
         out.note(format_args!("skipped {} ({})", skipped.name, skipped.kind));
     }

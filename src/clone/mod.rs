@@ -22,6 +22,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Cleanup};
+use crate::progress::Progress;
 use crate::sys;
 use crate::types::{CloneMethod, FileReport};
 
@@ -95,13 +96,15 @@ pub(crate) struct Job {
     pub(crate) immutable: bool,
 }
 
-/// What the caller allows.
-#[derive(Debug, Clone, Copy)]
+/// What the caller allows, and where copies report their progress.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Options {
     /// Immutable files may be hardlinked.
     pub(crate) allow_hardlink: bool,
     /// Fail rather than copy any file.
     pub(crate) require_cow: bool,
+    /// Advanced by the bytes each copy moves.
+    pub(crate) progress: Progress,
 }
 
 /// Which rungs are still worth trying in this operation.
@@ -118,7 +121,7 @@ struct Rungs {
 /// # Errors
 /// [`Error::CowRequired`] when `require_cow` is set and a file would need a copy,
 /// [`Error::NoSpace`] when the copies would not fit, [`Error::Clone`] / [`Error::Io`] otherwise.
-pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: Options) -> Result<Vec<FileReport>> {
+pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: &Options) -> Result<Vec<FileReport>> {
     let created = Mutex::new(Cleanup::new());
     let record = |path: &Path| lock(&created).push(path.to_path_buf());
     let rungs = Rungs {
@@ -144,10 +147,10 @@ pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: Options) -> Result<Vec<Fil
                 path: job.src.clone(),
             });
         }
-        check_space(&to_copy, dst_dir)?;
+        opts.progress.add_total(check_space(&to_copy, dst_dir)?);
     }
     let copied = parallel(&to_copy, |job| {
-        copy_file(job, &dst_dir.join(&job.name), &record)
+        copy_file(job, &dst_dir.join(&job.name), &opts.progress, &record)
     })?;
 
     fsutil::fsync_dir(dst_dir)?;
@@ -171,7 +174,7 @@ pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: Options) -> Result<Vec<Fil
 fn cheap_clone(
     job: &Job,
     dst: &Path,
-    opts: Options,
+    opts: &Options,
     rungs: &Rungs,
     record: &(dyn Fn(&Path) + Sync),
 ) -> Result<Option<FileReport>> {
@@ -207,19 +210,25 @@ fn cheap_clone(
 }
 
 /// The last rung: a hole-preserving copy, fsynced.
-fn copy_file(job: &Job, dst: &Path, record: &(dyn Fn(&Path) + Sync)) -> Result<FileReport> {
+fn copy_file(
+    job: &Job,
+    dst: &Path,
+    progress: &Progress,
+    record: &(dyn Fn(&Path) + Sync),
+) -> Result<FileReport> {
     let src = fsutil::open(&job.src)?;
     let len = metadata_len(&src, &job.src)?;
     let out = fsutil::create_new(dst, CREATE_MODE)?;
     record(dst);
-    sparse::copy(&src, &out, len)
+    sparse::copy(&src, &out, len, progress)
         .and_then(|_| out.sync_all())
         .map_err(|source| clone_error(CloneMethod::Copy, job, dst, source))?;
     Ok(report(job, CloneMethod::Copy, len))
 }
 
-/// Fails before anything is copied when the copies would not fit in `dst_dir`'s filesystem.
-fn check_space(jobs: &[&Job], dst_dir: &Path) -> Result<()> {
+/// Fails before anything is copied when the copies would not fit in `dst_dir`'s filesystem;
+/// returns the bytes they will allocate.
+fn check_space(jobs: &[&Job], dst_dir: &Path) -> Result<u64> {
     let mut needed = 0u64;
     for job in jobs {
         let meta = fsutil::symlink_metadata(&job.src)?;
@@ -237,7 +246,7 @@ fn check_space(jobs: &[&Job], dst_dir: &Path) -> Result<()> {
             available,
         });
     }
-    Ok(())
+    Ok(needed)
 }
 
 fn metadata_len(file: &std::fs::File, path: &Path) -> Result<u64> {
@@ -366,8 +375,15 @@ mod tests {
         let opts = Options {
             allow_hardlink: true,
             require_cow: false,
+            progress: Progress::new(),
         };
-        let reports = run(&jobs, dst.path(), opts).unwrap();
+        let reports = run(&jobs, dst.path(), &opts).unwrap();
+        assert_eq!(opts.progress.done(), 5000, "only the copy moves bytes");
+        assert_eq!(
+            opts.progress.total(),
+            8192,
+            "its blocks, as the space check counts"
+        );
         assert_eq!(reports[0].method, CloneMethod::Hardlink);
         assert_eq!(reports[1].method, CloneMethod::Copy);
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
@@ -394,8 +410,9 @@ mod tests {
         let opts = Options {
             allow_hardlink: true,
             require_cow: true,
+            ..Options::default()
         };
-        let err = run(&jobs, dst.path(), opts).unwrap_err();
+        let err = run(&jobs, dst.path(), &opts).unwrap_err();
         assert!(
             matches!(&err, Error::CowRequired { path } if path.ends_with("disk.raw")),
             "{err:?}"
@@ -420,11 +437,7 @@ mod tests {
             src: src.path().join("gone"),
             immutable: false,
         });
-        let opts = Options {
-            allow_hardlink: false,
-            require_cow: false,
-        };
-        let err = run(&jobs, dst.path(), opts).unwrap_err();
+        let err = run(&jobs, dst.path(), &Options::default()).unwrap_err();
         assert!(err.to_string().contains("gone"), "{err}");
         assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
     }

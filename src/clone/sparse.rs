@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use crate::progress::Progress;
 use crate::sys;
 
 /// Largest single `copy_file_range` request; the kernel may do less and is asked again. After
@@ -19,12 +20,12 @@ const RANGE_CHUNK: u64 = 32 << 20;
 const BUF_SIZE: usize = 1 << 20;
 
 /// Copies the first `len` bytes of `src` into the empty file `dst`, holes kept; returns the bytes
-/// of data copied. The caller fsyncs.
-pub(crate) fn copy(src: &File, dst: &File, len: u64) -> io::Result<u64> {
+/// of data copied, advancing `progress` as it goes. The caller fsyncs.
+pub(crate) fn copy(src: &File, dst: &File, len: u64, progress: &Progress) -> io::Result<u64> {
     dst.set_len(len)?;
     let mut copied = 0;
     for (offset, length) in data_segments(src, len)? {
-        copy_range(src, dst, offset, length)?;
+        copy_range(src, dst, offset, length, progress)?;
         copied += length;
     }
     Ok(copied)
@@ -55,7 +56,13 @@ pub(crate) fn data_segments(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>
 }
 
 /// Copies `len` bytes at `offset` from `src` to the same offset of `dst`.
-fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
+fn copy_range(
+    src: &File,
+    dst: &File,
+    offset: u64,
+    len: u64,
+    progress: &Progress,
+) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         let chunk = (len - done).min(RANGE_CHUNK) as usize;
@@ -63,10 +70,11 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
             Ok(0) => return Err(shrank()),
             Ok(n) => {
                 sys::start_writeback(dst, offset + done, n as u64)?;
+                progress.advance(n as u64);
                 done += n as u64;
             }
             Err(e) if sys::copy_range_unsupported(&e) => {
-                return read_write(src, dst, offset + done, len - done);
+                return read_write(src, dst, offset + done, len - done, progress);
             }
             Err(e) => return Err(e),
         }
@@ -75,7 +83,13 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// The fallback: plain positioned reads and writes.
-fn read_write(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
+fn read_write(
+    src: &File,
+    dst: &File,
+    offset: u64,
+    len: u64,
+    progress: &Progress,
+) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_SIZE.min(len as usize)];
     let mut done = 0;
     while done < len {
@@ -86,6 +100,7 @@ fn read_write(src: &File, dst: &File, offset: u64, len: u64) -> io::Result<()> {
         }
         dst.write_all_at(&buf[..n], offset + done)?;
         sys::start_writeback(dst, offset + done, n as u64)?;
+        progress.advance(n as u64);
         done += n as u64;
     }
     Ok(())
@@ -150,8 +165,10 @@ mod tests {
             src.set_len(len).unwrap();
             let dst_path = dir.path().join("dst");
             let dst = std::fs::File::create(&dst_path).unwrap();
-            copy(&src, &dst, len).unwrap();
+            let progress = Progress::new();
+            let copied = copy(&src, &dst, len, &progress).unwrap();
             dst.sync_all().unwrap();
+            prop_assert_eq!(progress.done(), copied, "progress counts the data copied");
             let a = std::fs::read(&src_path).unwrap();
             let b = std::fs::read(&dst_path).unwrap();
             prop_assert_eq!(a.len() as u64, len);
@@ -168,7 +185,9 @@ mod tests {
         let (src_path, src) = sparse_file(dir.path(), &[false; 256]);
         let dst_path = dir.path().join("dst");
         let dst = File::create(&dst_path).unwrap();
-        assert_eq!(copy(&src, &dst, 256 * BLOCK).unwrap(), 0);
+        let progress = Progress::new();
+        assert_eq!(copy(&src, &dst, 256 * BLOCK, &progress).unwrap(), 0);
+        assert_eq!(progress.done(), 0);
         assert_eq!(std::fs::metadata(&dst_path).unwrap().len(), 256 * BLOCK);
         assert_eq!(std::fs::metadata(&dst_path).unwrap().blocks(), 0);
         drop(src_path);
@@ -181,13 +200,15 @@ mod tests {
         let dst_path = dir.path().join("dst");
         let dst = File::create(&dst_path).unwrap();
         dst.set_len(3 * BLOCK).unwrap();
-        read_write(&src, &dst, 0, 3 * BLOCK).unwrap();
+        let progress = Progress::new();
+        read_write(&src, &dst, 0, 3 * BLOCK, &progress).unwrap();
+        assert_eq!(progress.done(), 3 * BLOCK);
         assert_eq!(
             std::fs::read(&src_path).unwrap(),
             std::fs::read(&dst_path).unwrap()
         );
         assert!(
-            read_write(&src, &dst, 2 * BLOCK, 2 * BLOCK).is_err(),
+            read_write(&src, &dst, 2 * BLOCK, 2 * BLOCK, &progress).is_err(),
             "reading past the end"
         );
     }

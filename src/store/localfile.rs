@@ -21,6 +21,7 @@ use crate::fsck::{self, FsckReport};
 use crate::fsutil::{self, Cleanup};
 use crate::gc::{self, GcOptions, GcOrchestrator, GcReport};
 use crate::index::{Index, IndexLock};
+use crate::progress::Progress;
 use crate::resolve;
 use crate::store::sidecar::Sidecar;
 use crate::store::{
@@ -37,6 +38,7 @@ const DIR_MODE: u32 = 0o750;
 #[derive(Debug, Clone)]
 pub struct LocalFile {
     inner: Arc<Inner>,
+    progress: Progress,
 }
 
 #[derive(Debug)]
@@ -65,12 +67,22 @@ impl LocalFile {
         }
         Ok(LocalFile {
             inner: Arc::new(Inner { layout, classes }),
+            progress: Progress::default(),
         })
     }
 
     /// Where the store keeps everything.
     pub fn layout(&self) -> &Layout {
         &self.inner.layout
+    }
+
+    /// This store, with copies, tar exports and tar imports counting the bytes they move in
+    /// `progress`, for a display to read while they run.
+    pub fn with_progress(&self, progress: Progress) -> LocalFile {
+        LocalFile {
+            inner: self.inner.clone(),
+            progress,
+        }
     }
 
     /// Which files this store treats as immutable.
@@ -135,7 +147,8 @@ impl LocalFile {
         blocking(move || {
             let (lease, dir, config, names) = store.open_for_read(&reference)?;
             let envelope = Envelope::new(config, names.clone());
-            write_archive(&dir, &names, Some(&envelope), opts, out, &label)?;
+            let progress = &store.progress;
+            write_archive(&dir, &names, Some(&envelope), opts, out, &label, progress)?;
             store.touch(lease.id())
         })
         .await
@@ -223,6 +236,7 @@ impl LocalFile {
                 opts,
                 Box::new(writer),
                 &label,
+                &store.progress,
             ) {
                 // Gone when the reader dropped the stream, which is how a caller stops it.
                 failed.fail(std::io::Error::other(e));
@@ -331,7 +345,13 @@ impl LocalFile {
         let mut creation = Creation::begin(self)?;
         let input =
             compress::decompressor(input).map_err(|e| Error::io("read archive", &opts.label, e))?;
-        let imported = import::read_tar(input, &opts.label, &creation.staging, opts.max_file_size)?;
+        let imported = import::read_tar(
+            input,
+            &opts.label,
+            &creation.staging,
+            opts.max_file_size,
+            &self.progress,
+        )?;
         let mut config = imported.envelope.config;
         if let Some(name) = &opts.name {
             config.name = name.clone();
@@ -385,8 +405,9 @@ impl LocalFile {
         let ladder = clone::Options {
             allow_hardlink: opts.mode == SaveMode::Link,
             require_cow: opts.require_cow,
+            progress: self.progress.clone(),
         };
-        reports.extend(clone::run(&jobs, staging, ladder)?);
+        reports.extend(clone::run(&jobs, staging, &ladder)?);
         reports.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(reports)
     }
@@ -487,6 +508,7 @@ impl LocalFile {
         let ladder = clone::Options {
             allow_hardlink: opts.hardlink,
             require_cow: opts.require_cow,
+            progress: self.progress.clone(),
         };
         match source {
             CloneSource::Ref(reference) => {
@@ -518,8 +540,8 @@ impl LocalFile {
         let (data_dir, config, lease) = self.lease(reference)?;
         let (names, _) = data_files(&data_dir)?;
         let ladder = clone::Options {
-            allow_hardlink: false,
-            require_cow: false,
+            progress: self.progress.clone(),
+            ..clone::Options::default()
         };
         let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
         envelope::write(dir, &Envelope::new(config.clone(), names))?;
@@ -549,7 +571,7 @@ impl LocalFile {
             cleanup.push(dir.to_path_buf());
         }
         let jobs = self.jobs(src, names)?;
-        let files = clone::run(&jobs, dir, ladder)?;
+        let files = clone::run(&jobs, dir, &ladder)?;
         for file in &files {
             cleanup.push(dir.join(&file.name));
         }
@@ -780,11 +802,20 @@ fn write_archive(
     opts: ExportOptions,
     out: Box<dyn Write + Send>,
     label: &Path,
+    progress: &Progress,
 ) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let write_err = |e| Error::io("write archive", label, e);
     let mut out = compress::compressor(opts.compression, out, threads).map_err(write_err)?;
-    export::write_tar(&mut out, label, dir, names, envelope, opts.sparse_format)?;
+    export::write_tar(
+        &mut out,
+        label,
+        dir,
+        names,
+        envelope,
+        opts.sparse_format,
+        progress,
+    )?;
     out.finish().map_err(write_err)
 }
 
