@@ -153,7 +153,7 @@ fn check_records(
     report: &mut FsckReport,
 ) -> Result<bool> {
     let mut changed = false;
-    let complete: Vec<SnapshotId> = index.complete().map(|(id, _)| id.clone()).collect();
+    let complete: Vec<SnapshotId> = index.complete_ids().cloned().collect();
     for id in complete {
         report.checked += 1;
         let dir = layout.data_dir(&id);
@@ -184,7 +184,9 @@ fn check_records(
             }
             Err(e) => (ProblemKind::SidecarInvalid, error_chain(&e)),
         };
-        let record = &index.snapshots[&id];
+        let Some(record) = index.get(&id)?.cloned() else {
+            continue;
+        };
         let files = present_files(&dir)?;
         let total: u64 = files.values().sum();
         if total != record.size_bytes {
@@ -210,7 +212,7 @@ fn check_records(
                     bytes,
                 })
                 .collect();
-            Sidecar::new(record.clone(), &reports).write(&sidecar_path)?;
+            Sidecar::new(record, &reports).write(&sidecar_path)?;
         }
         report.problems.push(problem(
             kind,
@@ -234,7 +236,7 @@ fn adopt_orphans(
 ) -> Result<bool> {
     let mut changed = false;
     for id in dirs {
-        if index.snapshots.contains_key(id) {
+        if index.contains(id) {
             continue; // complete (checked above) or pending (gc's to judge)
         }
         let dir = layout.data_dir(id);

@@ -211,11 +211,11 @@ impl GcModule for Collector {
     }
 
     fn used_blob_ids(&self) -> Result<BTreeSet<String>> {
-        let index = self.store.read_index()?;
+        let mut index = self.store.read_index()?;
         Ok(index
-            .snapshots
-            .values()
-            .flat_map(|r| r.config.image_blob_ids.keys().cloned())
+            .records()?
+            .into_iter()
+            .flat_map(|(_, r)| r.config.image_blob_ids.keys().cloned())
             .collect())
     }
 
@@ -245,7 +245,7 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
     if let Some(max) = opts.max_bytes {
         pass.evict(&mut index, max)?;
     }
-    pass.report.apparent_bytes = index.complete().map(|(_, r)| r.size_bytes).sum();
+    pass.report.apparent_bytes = index.complete()?.iter().map(|(_, r)| r.size_bytes).sum();
     if !opts.dry_run {
         if !pass.gone.is_empty() {
             index.save(&layout.index_file())?;
@@ -314,18 +314,16 @@ impl Pass<'_> {
 
     fn stale_pending(&mut self, index: &mut Index, grace: Duration) -> Result<()> {
         let now = gotime::now();
-        let pending: Vec<(SnapshotId, DateTime<FixedOffset>)> = index
-            .snapshots
-            .iter()
-            .filter(|(_, r)| r.pending)
-            .map(|(id, r)| (id.clone(), r.created_at))
-            .collect();
-        for (id, created_at) in pending {
+        let pending: Vec<SnapshotId> = index.pending_ids().cloned().collect();
+        for id in pending {
             let claim = self.claim(&id)?;
             let stale = match claim {
                 Claim::Held => true,
                 Claim::Busy => false,
-                Claim::NoFile => (now - created_at).to_std().is_ok_and(|age| age > grace),
+                Claim::NoFile => {
+                    let created_at = index.get(&id)?.map(|r| r.created_at);
+                    created_at.is_some_and(|t| (now - t).to_std().is_ok_and(|age| age > grace))
+                }
             };
             if stale {
                 self.forget(index, &id, &claim);
@@ -359,7 +357,7 @@ impl Pass<'_> {
             let Ok(id) = SnapshotId::try_from(stem.to_string()) else {
                 continue;
             };
-            if index.snapshots.contains_key(&id) || gone.contains(&id) {
+            if index.contains(&id) || gone.contains(&id) {
                 continue;
             }
             let lost_index =
@@ -403,7 +401,7 @@ impl Pass<'_> {
             let Ok(id) = SnapshotId::try_from(name.to_string()) else {
                 continue;
             };
-            let live_pending = index.snapshots.get(&id).is_some_and(|r| r.pending);
+            let live_pending = index.contains(&id) && !index.is_complete(id.as_str());
             if live_pending || gone.contains(&id) {
                 continue;
             }
@@ -432,12 +430,13 @@ impl Pass<'_> {
 
     /// Evicts complete snapshots not in use, least recently accessed first, down to `max`.
     fn evict(&mut self, index: &mut Index, max: u64) -> Result<()> {
-        let mut total: u64 = index.complete().map(|(_, r)| r.size_bytes).sum();
-        let mut candidates: Vec<_> = index
-            .complete()
+        let complete = index.complete()?;
+        let mut total: u64 = complete.iter().map(|(_, r)| r.size_bytes).sum();
+        let mut candidates: Vec<_> = complete
+            .iter()
             .map(|(id, r)| {
                 let used = r.last_accessed_at.unwrap_or(r.created_at);
-                (used, id.clone())
+                (used, (*id).clone())
             })
             .collect();
         candidates.sort();
@@ -450,7 +449,7 @@ impl Pass<'_> {
                 self.report.in_use.push(id);
                 continue;
             }
-            let Some(record) = index.snapshots.get(&id) else {
+            let Some(record) = index.get(&id)? else {
                 continue;
             };
             total = total.saturating_sub(record.size_bytes);

@@ -13,11 +13,16 @@
 //! is only ever replaced whole ([`fsutil::write_atomic`]), so a reader never sees a torn index. An
 //! index that does not parse is never overwritten: every operation refuses it, naming the file.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -27,16 +32,46 @@ use crate::types::{Record, SnapshotId};
 /// Mode of the index file.
 const INDEX_MODE: u32 = 0o644;
 
-/// The parsed index: every record by ID, and the names that point at them.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+/// The index: every record by ID, and the names that point at them.
+///
+/// Records are kept as the JSON they were read as, and parsed only when something needs their
+/// fields: a store of 10,000 snapshots is read, and rewritten after one change, without parsing
+/// (or re-serializing) the other 9,999. A record no one changed is written back byte for byte.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Index {
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub(crate) snapshots: BTreeMap<SnapshotId, Record>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    /// Where it was read from, for errors about records parsed later.
+    path: PathBuf,
+    snapshots: BTreeMap<SnapshotId, Entry>,
     pub(crate) names: BTreeMap<String, SnapshotId>,
     /// Top-level fields this version does not know, kept on rewrite.
-    #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One record: its JSON as read, and its parsed form once asked for.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// As read; `None` for a record this process made.
+    raw: Option<Box<RawValue>>,
+    /// Parsed on demand.
+    record: Option<Record>,
+    /// Handed out mutably, so written from `record`, not `raw`.
+    dirty: bool,
+    /// The raw record's `pending`, read from it the first time it is asked for.
+    peeked: OnceCell<bool>,
+}
+
+impl Entry {
+    /// Whether the record is pending. One whose `pending` cannot be read counts as complete, so
+    /// that it is resolved, fails to parse, and is reported rather than collected as garbage.
+    fn pending(&self) -> bool {
+        match (&self.record, &self.raw) {
+            (Some(record), _) => record.pending,
+            (None, Some(raw)) => *self
+                .peeked
+                .get_or_init(|| serde_json::from_str::<Peek>(raw.get()).is_ok_and(|p| p.pending)),
+            (None, None) => false,
+        }
+    }
 }
 
 impl Index {
@@ -50,23 +85,146 @@ impl Index {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Index::default()),
             Err(e) => return Err(Error::io("read", path, e)),
         };
+        Index::parse(&bytes, path)
+    }
+
+    /// Parses index bytes read from `path`; blank is empty.
+    ///
+    /// # Errors
+    /// [`Error::CorruptIndex`].
+    pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Index> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Index::default());
         }
-        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptIndex {
-            path: path.to_path_buf(),
-            source,
-        })
+        let mut index: Index =
+            serde_json::from_slice(bytes).map_err(|source| Error::CorruptIndex {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        index.path = path.to_path_buf();
+        Ok(index)
     }
 
     /// Replaces the index at `path` atomically and durably.
     pub(crate) fn save(&self, path: &Path) -> Result<()> {
+        Index::write(path, &self.to_bytes(path)?)
+    }
+
+    /// The index as the file holds it.
+    pub(crate) fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
         let mut bytes = serde_json::to_vec(self).map_err(|source| Error::CorruptIndex {
             path: path.to_path_buf(),
             source,
         })?;
         bytes.push(b'\n');
-        fsutil::write_atomic(path, &bytes, INDEX_MODE)
+        Ok(bytes)
+    }
+
+    /// Replaces the index file at `path` with `bytes`, atomically and durably.
+    pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+        fsutil::write_atomic(path, bytes, INDEX_MODE)
+    }
+
+    /// Whether there is a record, pending or complete, under `id`.
+    pub(crate) fn contains(&self, id: &SnapshotId) -> bool {
+        self.snapshots.contains_key(id)
+    }
+
+    /// The ID of the complete record whose ID is exactly `id`.
+    pub(crate) fn complete_id(&self, id: &str) -> Option<&SnapshotId> {
+        self.snapshots
+            .get_key_value(id)
+            .filter(|(_, e)| !e.pending())
+            .map(|(id, _)| id)
+    }
+
+    /// Whether the record under `id` is complete (not pending).
+    pub(crate) fn is_complete(&self, id: &str) -> bool {
+        self.snapshots.get(id).is_some_and(|e| !e.pending())
+    }
+
+    /// The IDs of complete records, in ID order.
+    pub(crate) fn complete_ids(&self) -> impl Iterator<Item = &SnapshotId> {
+        self.snapshots
+            .iter()
+            .filter(|(_, e)| !e.pending())
+            .map(|(id, _)| id)
+    }
+
+    /// The IDs of pending records, in ID order.
+    pub(crate) fn pending_ids(&self) -> impl Iterator<Item = &SnapshotId> {
+        self.snapshots
+            .iter()
+            .filter(|(_, e)| e.pending())
+            .map(|(id, _)| id)
+    }
+
+    /// The record under `id`, parsed.
+    ///
+    /// # Errors
+    /// [`Error::CorruptIndex`] when that record does not parse.
+    pub(crate) fn get(&mut self, id: &SnapshotId) -> Result<Option<&Record>> {
+        Ok(self.parsed(id)?.map(|e| &*e))
+    }
+
+    /// The record under `id`, parsed, to change: it is written back from its fields.
+    ///
+    /// # Errors
+    /// [`Error::CorruptIndex`] when that record does not parse.
+    pub(crate) fn get_mut(&mut self, id: &SnapshotId) -> Result<Option<&mut Record>> {
+        if let Some(entry) = self.snapshots.get_mut(id) {
+            entry.dirty = true;
+        }
+        self.parsed(id)
+    }
+
+    fn parsed(&mut self, id: &SnapshotId) -> Result<Option<&mut Record>> {
+        let Some(entry) = self.snapshots.get_mut(id) else {
+            return Ok(None);
+        };
+        if entry.record.is_none()
+            && let Some(raw) = &entry.raw
+        {
+            let record = serde_json::from_str(raw.get()).map_err(|source| Error::CorruptIndex {
+                path: self.path.clone(),
+                source,
+            })?;
+            entry.record = Some(record);
+        }
+        Ok(entry.record.as_mut())
+    }
+
+    /// Every record, parsed, in ID order.
+    ///
+    /// # Errors
+    /// [`Error::CorruptIndex`] when a record does not parse.
+    pub(crate) fn records(&mut self) -> Result<Vec<(&SnapshotId, &Record)>> {
+        let ids: Vec<SnapshotId> = self.snapshots.keys().cloned().collect();
+        for id in &ids {
+            self.parsed(id)?;
+        }
+        Ok(self
+            .snapshots
+            .iter()
+            .filter_map(|(id, e)| Some((id, e.record.as_ref()?)))
+            .collect())
+    }
+
+    /// Complete records, parsed, in ID order.
+    ///
+    /// # Errors
+    /// [`Error::CorruptIndex`] when one of them does not parse.
+    pub(crate) fn complete(&mut self) -> Result<Vec<(&SnapshotId, &Record)>> {
+        let ids: Vec<SnapshotId> = self.complete_ids().cloned().collect();
+        for id in &ids {
+            self.parsed(id)?;
+        }
+        Ok(self
+            .snapshots
+            .iter()
+            .filter(|(_, e)| !e.pending())
+            .filter_map(|(id, e)| Some((id, e.record.as_ref()?)))
+            .collect())
     }
 
     /// Adds a record under `id`, claiming its name.
@@ -84,34 +242,162 @@ impl Index {
             }
             self.names.insert(name.clone(), id.clone());
         }
-        self.snapshots.insert(id, record);
+        let entry = Entry {
+            raw: None,
+            record: Some(record),
+            dirty: true,
+            peeked: OnceCell::new(),
+        };
+        self.snapshots.insert(id, entry);
         Ok(())
     }
 
-    /// Removes the record under `id` and frees its name; returns the record if there was one.
-    pub(crate) fn remove(&mut self, id: &SnapshotId) -> Option<Record> {
-        let record = self.snapshots.remove(id)?;
-        let name = &record.config.name;
-        if self.names.get(name) == Some(id) {
-            self.names.remove(name);
+    /// Removes the record under `id` and frees the names that point at it; true if there was one.
+    pub(crate) fn remove(&mut self, id: &SnapshotId) -> bool {
+        let removed = self.snapshots.remove(id).is_some();
+        if removed {
+            self.names.retain(|_, holder| holder != id);
         }
-        Some(record)
-    }
-
-    /// Complete (not pending) records, in ID order.
-    pub(crate) fn complete(&self) -> impl Iterator<Item = (&SnapshotId, &Record)> {
-        self.snapshots.iter().filter(|(_, r)| !r.pending)
+        removed
     }
 }
 
-/// Go marshals a nil map as `null`.
-fn null_as_empty<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    K: Ord + Deserialize<'de>,
-    V: Deserialize<'de>,
-{
-    Ok(Option::deserialize(d)?.unwrap_or_default())
+/// The last index a store read or wrote, keyed by the exact bytes of its file: a save reads the
+/// index twice (to claim the name, then to mark the snapshot complete), and parses it once.
+/// Equal bytes parse to an equal index, so a hit is never stale, whoever wrote the file.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCache(Mutex<Option<(Vec<u8>, Index)>>);
+
+impl IndexCache {
+    /// The index at `path`, which the caller has locked; a copy of the cached one when the file
+    /// holds the bytes last seen.
+    pub(crate) fn load(&self, path: &Path) -> Result<Index> {
+        let (bytes, index) = self.read(path)?;
+        self.keep(bytes, index.clone());
+        Ok(index)
+    }
+
+    /// The index at `path`, which the caller has locked exclusively, to change and then
+    /// [`IndexCache::save`].
+    pub(crate) fn take(&self, path: &Path) -> Result<Index> {
+        Ok(self.read(path)?.1)
+    }
+
+    /// Writes `index` to `path` atomically and durably, and remembers it.
+    pub(crate) fn save(&self, path: &Path, index: Index) -> Result<()> {
+        let bytes = index.to_bytes(path)?;
+        Index::write(path, &bytes)?;
+        self.keep(bytes, index);
+        Ok(())
+    }
+
+    fn read(&self, path: &Path) -> Result<(Vec<u8>, Index)> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let cached = self.slot().take().filter(|(seen, _)| *seen == bytes);
+        let index = match cached {
+            Some((_, index)) => index,
+            None => Index::parse(&bytes, path)?,
+        };
+        Ok((bytes, index))
+    }
+
+    fn keep(&self, bytes: Vec<u8>, index: Index) {
+        *self.slot() = Some((bytes, index));
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(Vec<u8>, Index)>> {
+        // A panic while holding it leaves at worst a stale entry, which the byte check refuses.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Reads only what the index needs of a record it does not parse.
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(default)]
+    pending: bool,
+}
+
+impl<'de> Deserialize<'de> for Index {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Index;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a snapshot index object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Index, A::Error> {
+                let mut index = Index::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "snapshots" => {
+                            // Go writes a nil map as `null`, and a nil record pointer too.
+                            let raw: Option<BTreeMap<SnapshotId, Option<Box<RawValue>>>> =
+                                map.next_value()?;
+                            index.snapshots.clear();
+                            for (id, raw) in raw.unwrap_or_default() {
+                                let Some(raw) = raw.filter(|r| r.get() != "null") else {
+                                    continue;
+                                };
+                                let entry = Entry {
+                                    raw: Some(raw),
+                                    record: None,
+                                    dirty: false,
+                                    peeked: OnceCell::new(),
+                                };
+                                index.snapshots.insert(id, entry);
+                            }
+                        }
+                        "names" => {
+                            let names: Option<BTreeMap<String, SnapshotId>> = map.next_value()?;
+                            index.names = names.unwrap_or_default();
+                        }
+                        _ => {
+                            let value: serde_json::Value = map.next_value()?;
+                            index.extra.insert(key, value);
+                        }
+                    }
+                }
+                Ok(index)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+impl Serialize for Index {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Records<'a>(&'a BTreeMap<SnapshotId, Entry>);
+        impl Serialize for Records<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (id, entry) in self.0 {
+                    match (&entry.raw, &entry.record) {
+                        (Some(raw), _) if !entry.dirty => map.serialize_entry(id, raw)?,
+                        (_, Some(record)) => map.serialize_entry(id, record)?,
+                        (Some(raw), None) => map.serialize_entry(id, raw)?,
+                        (None, None) => {}
+                    }
+                }
+                map.end()
+            }
+        }
+        let mut map = s.serialize_map(Some(2 + self.extra.len()))?;
+        map.serialize_entry("snapshots", &Records(&self.snapshots))?;
+        map.serialize_entry("names", &self.names)?;
+        for (key, value) in &self.extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 /// The flock on `snapshots.lock`, held for a whole read or read-modify-write of the index.
@@ -159,9 +445,10 @@ mod tests {
     fn cocoon_index_loads_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), COCOON_INDEX);
-        let index = Index::load(&path).unwrap();
+        let mut index = Index::load(&path).unwrap();
         assert_eq!(index.snapshots.len(), 3);
-        assert_eq!(index.complete().count(), 2);
+        assert_eq!(index.complete().unwrap().len(), 2);
+        assert_eq!(index.pending_ids().count(), 1);
         index.save(&path).unwrap();
         let before: serde_json::Value = serde_json::from_str(COCOON_INDEX).unwrap();
         let after: serde_json::Value =
@@ -222,7 +509,57 @@ mod tests {
             index.insert(b.clone(), rec.clone()),
             Err(Error::NameTaken { .. })
         ));
-        index.remove(&a).unwrap();
+        assert!(index.remove(&a));
         index.insert(b, rec).unwrap();
+    }
+
+    #[test]
+    fn records_no_one_changed_are_written_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        // Key order and spacing no serializer of ours would produce.
+        let other =
+            r#"{"size_bytes":4096, "name":"b","created_at":"2026-07-01T10:00:00Z","id":"B1"}"#;
+        let path = write(
+            dir.path(),
+            &format!(
+                r#"{{"snapshots":{{"A1":{{"id":"A1","name":"a","created_at":"2026-07-01T10:00:00Z"}},"B1":{other}}},"names":{{"a":"A1","b":"B1"}}}}"#
+            ),
+        );
+        let mut index = Index::load(&path).unwrap();
+        let a = SnapshotId::try_from("A1".to_string()).unwrap();
+        index.get_mut(&a).unwrap().unwrap().size_bytes = 7;
+        index.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(other), "{text}");
+        let mut again = Index::load(&path).unwrap();
+        assert_eq!(again.get(&a).unwrap().unwrap().size_bytes, 7);
+    }
+
+    #[test]
+    fn a_bad_record_fails_when_read_naming_the_file_and_survives_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = r#"{"id":"B1","name":"b","created_at":"yesterday"}"#;
+        let path = write(
+            dir.path(),
+            &format!(
+                r#"{{"snapshots":{{"A1":{{"id":"A1","name":"a","created_at":"2026-07-01T10:00:00Z"}},"B1":{bad},"C1":null}},"names":{{"a":"A1","b":"B1"}}}}"#
+            ),
+        );
+        let mut index = Index::load(&path).unwrap();
+        assert!(
+            !index.contains(&SnapshotId::try_from("C1".to_string()).unwrap()),
+            "Go's nil record"
+        );
+        let b = SnapshotId::try_from("B1".to_string()).unwrap();
+        let err = index.get(&b).unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptIndex { path: p, .. } if *p == path),
+            "{err:?}"
+        );
+        assert!(index.complete().is_err());
+        let a = SnapshotId::try_from("A1".to_string()).unwrap();
+        index.get_mut(&a).unwrap().unwrap().size_bytes = 1;
+        index.save(&path).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains(bad));
     }
 }

@@ -5,6 +5,11 @@
 
 mod cli;
 
+/// glibc's malloc grows a worker thread's arena one `mprotect` at a time: reading a 10,000-
+/// snapshot index took thousands of them. mimalloc maps memory in large segments.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -13,22 +13,19 @@ pub(crate) const MIN_PREFIX: usize = 3;
 /// # Errors
 /// [`Error::NotFound`] when nothing matches; [`Error::Ambiguous`] when a prefix matches several.
 pub(crate) fn resolve(index: &Index, reference: &str) -> Result<SnapshotId> {
-    let complete = |id: &SnapshotId| index.snapshots.get(id).is_some_and(|r| !r.pending);
-    if let Some((id, _)) = index.snapshots.get_key_value(reference)
-        && complete(id)
-    {
+    if let Some(id) = index.complete_id(reference) {
         return Ok(id.clone());
     }
     if let Some(id) = index.names.get(reference)
-        && complete(id)
+        && index.is_complete(id.as_str())
     {
         return Ok(id.clone());
     }
     if reference.len() >= MIN_PREFIX {
         let matches: Vec<SnapshotId> = index
-            .complete()
-            .filter(|(id, _)| id.as_str().starts_with(reference))
-            .map(|(id, _)| id.clone())
+            .complete_ids()
+            .filter(|id| id.as_str().starts_with(reference))
+            .cloned()
             .collect();
         match matches.len() {
             0 => {}

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::fsck::{self, FsckReport};
 use crate::fsutil::{self, Cleanup};
 use crate::gc::{self, GcOptions, GcOrchestrator, GcReport};
-use crate::index::{Index, IndexLock};
+use crate::index::{Index, IndexCache, IndexLock};
 use crate::progress::Progress;
 use crate::resolve;
 use crate::store::sidecar::Sidecar;
@@ -45,6 +45,7 @@ pub struct LocalFile {
 struct Inner {
     layout: Layout,
     classes: FileClasses,
+    index: IndexCache,
 }
 
 impl LocalFile {
@@ -66,7 +67,11 @@ impl LocalFile {
             }
         }
         Ok(LocalFile {
-            inner: Arc::new(Inner { layout, classes }),
+            inner: Arc::new(Inner {
+                layout,
+                classes,
+                index: IndexCache::default(),
+            }),
             progress: Progress::default(),
         })
     }
@@ -184,9 +189,9 @@ impl LocalFile {
     pub async fn du(&self, refs: &[String]) -> Result<DuReport> {
         let (store, refs) = (self.clone(), refs.to_vec());
         blocking(move || {
-            let index = store.read_index()?;
+            let mut index = store.read_index()?;
             let ids = if refs.is_empty() {
-                let mut records: Vec<_> = index.complete().collect();
+                let mut records = index.complete()?;
                 records.sort_by_key(|(id, r)| (r.created_at, (*id).clone()));
                 records.into_iter().map(|(id, _)| id.clone()).collect()
             } else {
@@ -261,16 +266,16 @@ impl LocalFile {
 
     pub(crate) fn read_index(&self) -> Result<Index> {
         let _lock = IndexLock::acquire(&self.layout().index_lock(), false)?;
-        Index::load(&self.layout().index_file())
+        self.inner.index.load(&self.layout().index_file())
     }
 
     /// Runs `f` on the index under the exclusive lock and saves the result if `f` succeeds.
     pub(crate) fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let layout = self.layout();
         let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
-        let mut index = Index::load(&layout.index_file())?;
+        let mut index = self.inner.index.take(&layout.index_file())?;
         let out = f(&mut index)?;
-        index.save(&layout.index_file())?;
+        self.inner.index.save(&layout.index_file(), index)?;
         Ok(out)
     }
 
@@ -443,16 +448,22 @@ impl LocalFile {
     // ---- read ----
 
     fn list_blocking(&self) -> Result<Vec<Record>> {
-        let index = self.read_index()?;
-        let mut records: Vec<Record> = index.complete().map(|(_, r)| r.clone()).collect();
+        let mut index = self.read_index()?;
+        let mut records: Vec<Record> = index
+            .complete()?
+            .into_iter()
+            .map(|(_, r)| r.clone())
+            .collect();
         records.sort_by(|a, b| (a.created_at, a.id()).cmp(&(b.created_at, b.id())));
         Ok(records)
     }
 
     fn inspect_blocking(&self, reference: &str) -> Result<Record> {
-        let index = self.read_index()?;
+        let mut index = self.read_index()?;
         let id = resolve::resolve(&index, reference)?;
-        Ok(index.snapshots[&id].clone())
+        index.get(&id)?.cloned().ok_or_else(|| Error::NotFound {
+            reference: reference.to_string(),
+        })
     }
 
     fn data_dir_blocking(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
@@ -466,10 +477,9 @@ impl LocalFile {
         let id = resolve::resolve(&self.read_index()?, reference)?;
         let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
         // A delete may have finished between the lookup and the lease: look again under it.
-        let index = self.read_index()?;
+        let mut index = self.read_index()?;
         let record = index
-            .snapshots
-            .get(&id)
+            .get(&id)?
             .filter(|r| !r.pending)
             .ok_or_else(|| Error::NotFound {
                 reference: reference.to_string(),
@@ -482,7 +492,7 @@ impl LocalFile {
     /// A read-only store records nothing, and is not an error to read from.
     fn touch(&self, id: &SnapshotId) -> Result<()> {
         let touched = self.update_index(|index| {
-            if let Some(record) = index.snapshots.get_mut(id) {
+            if let Some(record) = index.get_mut(id)? {
                 record.last_accessed_at = Some(gotime::now());
             }
             Ok(())
@@ -598,7 +608,7 @@ impl LocalFile {
         let deleted = self.update_index(|index| {
             let mut deleted = Vec::new();
             for id in &ids {
-                if index.snapshots.contains_key(id) {
+                if index.contains(id) {
                     fsutil::remove_all(&layout.sidecar_file(id))?;
                     index.remove(id);
                     deleted.push(id.clone());
@@ -715,12 +725,9 @@ impl<'a> Creation<'a> {
         let sidecar = layout.sidecar_file(&id);
         self.cleanup.push(sidecar.clone());
         self.store.update_index(|index| {
-            let record = index
-                .snapshots
-                .get_mut(&id)
-                .ok_or_else(|| Error::NotFound {
-                    reference: id.to_string(),
-                })?;
+            let record = index.get_mut(&id)?.ok_or_else(|| Error::NotFound {
+                reference: id.to_string(),
+            })?;
             record.pending = false;
             record.size_bytes = size_bytes;
             record.last_accessed_at = Some(gotime::now());
