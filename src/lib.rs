@@ -40,6 +40,8 @@ mod index;
 mod progress;
 mod resolve;
 mod store;
+#[doc(hidden)]
+pub mod synthetic;
 #[allow(unsafe_code)] // sync_file_range and FIEMAP, each with its SAFETY note
 mod sys;
 mod types;

@@ -21,6 +21,8 @@ fn bench(args: &[&str], env: &[(&str, &Path)]) -> Vec<Value> {
         "256K",
         "--runs",
         "1",
+        "--index-snapshots",
+        "50",
     ];
     let out = Command::new(env!("CARGO_BIN_EXE_snapstore"))
         .args(["--json", "bench"])
@@ -53,6 +55,9 @@ fn check(rows: &[Value], fs: &str) {
         "export --gzip",
         "export --zstd",
         "rm",
+        "list --json (index)",
+        "inspect PREFIX (index)",
+        "save, no data (index)",
     ] {
         assert!(ops.contains(&op), "{fs}: {op} missing from {ops:?}");
     }

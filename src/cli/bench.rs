@@ -41,6 +41,9 @@ pub(crate) struct Args {
     /// Timed runs of each command
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Snapshots in the index for the index timings (list, inspect, save overhead); 0 skips them
+    #[arg(long, default_value_t = 10_000)]
+    index_snapshots: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -143,6 +146,9 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
             .tempdir_in(&target)
             .with_context(|| format!("cannot make a work dir in {}", target.display()))?;
         rows.extend(bench_dir(dir.path(), &workload, args.runs, out)?);
+        if args.index_snapshots > 0 {
+            rows.extend(bench_index(dir.path(), args.index_snapshots, args.runs)?);
+        }
     }
     Ok(rows)
 }
@@ -416,6 +422,77 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     )?;
     row("rm", ours, base, String::new());
     clean(&[&dst, &theirs]);
+    Ok(rows)
+}
+
+/// The index targets, whole-process, with `count` snapshots in the index: `list --json` within
+/// 200 ms, `inspect` by ID prefix within 100 ms (each ratio is to its budget), and the cost of
+/// saving an empty dir next to saving it into an empty store: save's overhead beyond file work.
+fn bench_index(dir: &Path, count: usize, runs: u32) -> Result<Vec<Row>> {
+    let me = std::env::current_exe().context("cannot find the snapstore binary")?;
+    let (busy, empty, src) = (dir.join("busy"), dir.join("empty"), dir.join("nothing"));
+    std::fs::create_dir_all(&src)?;
+    let ids = snapstore::synthetic::synthetic_index(&busy, count)?;
+    let prefix = ids.first().map(|id| id.as_str()[..6].to_string());
+    let prefix = prefix.context("no snapshot made")?;
+    let fs = tokio::runtime::Handle::current()
+        .block_on(LocalFile::open(&busy)?.probe(dir.to_path_buf()))?
+        .fs_type;
+    let snap = |root: &Path, args: &[&str]| {
+        let mut c = Command::new(&me);
+        c.arg("--root").arg(root).args(args);
+        c
+    };
+    let budget = |secs: f64| {
+        let stats = Stats {
+            median: secs,
+            min: secs,
+            max: secs,
+        };
+        Some((format!("target: under {:.0} ms", secs * 1000.0), stats))
+    };
+    let mut rows = Vec::new();
+    let mut row = |operation, ours: Stats, baseline: Option<(String, Stats)>, note: String| {
+        rows.push(Row {
+            fs: fs.clone(),
+            operation,
+            snapstore: ours,
+            ratio: baseline.as_ref().map(|(_, b)| ours.median / b.median),
+            baseline_time: baseline.as_ref().map(|(_, b)| *b),
+            baseline: baseline.map(|(c, _)| c),
+            note,
+        });
+    };
+    let noted = format!("{count} snapshots in the index");
+    let list = time(runs, &|| {}, &|| snap(&busy, &["list", "--json"]))?;
+    row("list --json (index)", list, budget(0.2), noted.clone());
+    let inspect = time(runs, &|| {}, &|| snap(&busy, &["inspect", &prefix]))?;
+    row(
+        "inspect PREFIX (index)",
+        inspect,
+        budget(0.1),
+        noted.clone(),
+    );
+    let save = |root: &Path| {
+        time(
+            runs,
+            &|| drop(snap(root, &["rm", "bench-empty"]).output()),
+            &|| {
+                snap(
+                    root,
+                    &["save", "--from-dir", p(&src), "--name", "bench-empty"],
+                )
+            },
+        )
+    };
+    let (busy_save, empty_save) = (save(&busy)?, save(&empty)?);
+    let overhead = (busy_save.median - empty_save.median) * 1000.0;
+    row(
+        "save, no data (index)",
+        busy_save,
+        Some(("the same into an empty store".into(), empty_save)),
+        format!("{noted}: {overhead:+.1} ms (target: under 50 ms)"),
+    );
     Ok(rows)
 }
 

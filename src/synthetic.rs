@@ -1,0 +1,52 @@
+//! Synthetic store contents for benchmarks (`snapstore bench`, `benches/index.rs`): an index of
+//! many complete snapshots, as a busy host's would look, without their data. Not a stable API.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::index::{Index, IndexLock};
+use crate::store::Layout;
+use crate::types::{BlobMark, Config, Record, SnapshotId, gotime};
+
+/// Adds `count` complete records named `vm-0`, `vm-1`, ... to the index of the store at
+/// `root`; returns their IDs in that order. Their data dirs are not made.
+///
+/// # Errors
+/// [`Error::NameTaken`](crate::Error::NameTaken) when a name is held; [`Error::Io`](crate::Error::Io).
+pub fn synthetic_index(root: &Path, count: usize) -> Result<Vec<SnapshotId>> {
+    let layout = Layout::new(root);
+    crate::fsutil::create_dir_all(&layout.db_dir())?;
+    let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
+    let mut index = Index::load(&layout.index_file())?;
+    let now = gotime::now();
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = SnapshotId::generate()?;
+        let mut config = Config {
+            id: id.to_string(),
+            name: format!("vm-{i}"),
+            description: "ubuntu 24.04, booted".into(),
+            hypervisor: "cloud-hypervisor".into(),
+            cpu: 2,
+            memory: 1 << 30,
+            storage: 8 << 30,
+            ..Config::default()
+        };
+        config
+            .image_blob_ids
+            .insert(format!("sha256:{i:064x}"), BlobMark {});
+        let record = Record {
+            config,
+            created_at: now,
+            data_dir: layout.data_dir(&id).display().to_string(),
+            size_bytes: 9 << 30,
+            pending: false,
+            last_accessed_at: Some(now),
+            extra: serde_json::Map::new(),
+        };
+        index.insert(id.clone(), record)?;
+        ids.push(id);
+    }
+    index.save(&layout.index_file())?;
+    Ok(ids)
+}
