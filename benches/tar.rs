@@ -62,11 +62,18 @@ fn tar(c: &mut Criterion) {
     let mut archive = Vec::new();
     let export = store.export("base");
     std::io::copy(&mut rt.block_on(export).unwrap(), &mut archive).unwrap();
+    let mut n = 0u64;
     group.bench_function("import", |b| {
         b.iter_batched(
-            || std::io::Cursor::new(archive.clone()),
-            |input| {
-                let opts = ImportOptions::default();
+            || {
+                n += 1;
+                (std::io::Cursor::new(archive.clone()), format!("import-{n}"))
+            },
+            |(input, name)| {
+                let opts = ImportOptions {
+                    name: Some(name),
+                    ..ImportOptions::default()
+                };
                 let report = rt
                     .block_on(store.import_with(Box::new(input), opts))
                     .unwrap();

@@ -63,8 +63,8 @@ pub use crate::gc::{
 };
 pub use crate::progress::Progress;
 pub use crate::store::{
-    CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
-    DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions, Skipped, Snapshot,
+    ACCESS_RESOLUTION, CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport,
+    Direct, DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions, Skipped, Snapshot,
     TarStream,
 };
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};

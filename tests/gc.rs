@@ -217,10 +217,14 @@ async fn max_bytes_evicts_least_recently_used_snapshots_not_in_use() {
     let b = f.save("b").await;
     let c = f.save("c").await;
     let size = f.store.inspect("a").await.unwrap().size_bytes;
-    // a is used last; b is in use now; c is then the least recently used that can go.
-    let (_, _, lease_b) = f.store.data_dir("b").await.unwrap();
-    let (_, _, lease_a) = f.store.data_dir("a").await.unwrap();
-    drop(lease_a);
+    // Last used: b first, then c, then a; b is in use now, in another process.
+    let mut index: Value = f.index();
+    for (id, used) in [(&b, "06:00"), (&c, "07:00"), (&a, "09:00")] {
+        index["snapshots"][id.as_str()]["last_accessed_at"] =
+            format!("2026-01-01T{used}:00Z").into();
+    }
+    std::fs::write(f.index_path(), serde_json::to_vec(&index).unwrap()).unwrap();
+    let lease_b = hold_lock(&f.data().join(format!("{b}.lease")));
 
     let opts = GcOptions {
         max_bytes: Some(size),

@@ -327,26 +327,39 @@ async fn a_lease_blocks_delete_until_dropped_unless_forced() {
 }
 
 #[tokio::test]
-async fn data_dir_updates_last_accessed_at() {
+async fn uses_update_last_accessed_at_to_the_minute() {
     let f = fixture();
-    f.save("base").await;
-    let before = f
-        .store
-        .inspect("base")
-        .await
-        .unwrap()
-        .last_accessed_at
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    let id = f.save("base").await;
+    let index_path = f.root.join("snapshot/db/snapshots.json");
+    let last_used = |f: &Fixture| {
+        let index = index_json(&f.root);
+        index["snapshots"][id.as_str()]["last_accessed_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // As if last used an hour ago.
+    let mut index = index_json(&f.root);
+    index["snapshots"][id.as_str()]["last_accessed_at"] = "2026-01-01T10:00:00Z".into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
     drop(f.store.data_dir("base").await.unwrap());
-    let after = f
-        .store
-        .inspect("base")
+    let used = last_used(&f);
+    assert!(used.as_str() > "2026-01-01T10:00:00Z", "{used}");
+    // Used again within the minute: the index is not rewritten.
+    let before = std::fs::read(&index_path).unwrap();
+    let run = f.scratch("run");
+    f.store
+        .clone_to_dir(
+            CloneSource::Ref("base".into()),
+            run,
+            CloneOptions::default(),
+        )
         .await
-        .unwrap()
-        .last_accessed_at
         .unwrap();
-    assert!(after > before, "{after} > {before}");
+    drop(f.store.data_dir("base").await.unwrap());
+    assert_eq!(std::fs::read(&index_path).unwrap(), before);
+    assert!(snapstore::ACCESS_RESOLUTION.as_secs() >= 1);
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use chrono::{DateTime, FixedOffset};
+
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::sys::FileLock;
@@ -19,6 +21,8 @@ pub struct Lease {
     id: SnapshotId,
     /// `None` on a read-only store, where no one can delete the snapshot anyway.
     _lock: Option<FileLock>,
+    /// The snapshot's `last_accessed_at` when the lease was taken, if the taker read it.
+    pub(crate) last_used: Option<DateTime<FixedOffset>>,
 }
 
 impl Lease {
@@ -32,6 +36,7 @@ impl Lease {
         Ok(Lease {
             id: id.clone(),
             _lock: lock,
+            last_used: None,
         })
     }
 
@@ -41,6 +46,7 @@ impl Lease {
         Ok(lock.map(|lock| Lease {
             id: id.clone(),
             _lock: Some(lock),
+            last_used: None,
         }))
     }
 

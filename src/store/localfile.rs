@@ -34,6 +34,10 @@ use crate::types::{CloneMethod, Config, FileReport, Record, SnapshotId, gotime, 
 /// Mode of the store's directories.
 const DIR_MODE: u32 = 0o750;
 
+/// How finely uses are recorded in `last_accessed_at`: a use this soon after the last one
+/// recorded does not rewrite the index.
+pub const ACCESS_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The local-filesystem snapshot store. Cheap to clone; every clone shares one root.
 #[derive(Debug, Clone)]
 pub struct LocalFile {
@@ -154,7 +158,7 @@ impl LocalFile {
             let envelope = Envelope::new(config, names.clone());
             let progress = &store.progress;
             write_archive(&dir, &names, Some(&envelope), opts, out, &label, progress)?;
-            store.touch(lease.id())
+            store.touch(&lease)
         })
         .await
     }
@@ -248,7 +252,7 @@ impl LocalFile {
             } else {
                 // The reader has every byte by now; a failed update only leaves the snapshot
                 // looking older to gc's eviction, so there is no one to tell.
-                let _ = store.touch(lease.id());
+                let _ = store.touch(&lease);
             }
             drop(lease);
         });
@@ -468,14 +472,14 @@ impl LocalFile {
 
     fn data_dir_blocking(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
         let (dir, config, lease) = self.lease(reference)?;
-        self.touch(lease.id())?;
+        self.touch(&lease)?;
         Ok((dir, config, lease))
     }
 
     /// The data dir and config of the snapshot `reference` names, under a shared lease.
     fn lease(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
         let id = resolve::resolve(&self.read_index()?, reference)?;
-        let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
+        let mut lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
         // A delete may have finished between the lookup and the lease: look again under it.
         let mut index = self.read_index()?;
         let record = index
@@ -484,16 +488,29 @@ impl LocalFile {
             .ok_or_else(|| Error::NotFound {
                 reference: reference.to_string(),
             })?;
+        lease.last_used = record.last_accessed_at;
         Ok((self.layout().data_dir(&id), record.config.clone(), lease))
     }
 
-    /// Records a use of the snapshot (for gc's least-recently-used eviction). Called once the
-    /// use succeeded, so a failed clone or export leaves the index as it was.
-    /// A read-only store records nothing, and is not an error to read from.
-    fn touch(&self, id: &SnapshotId) -> Result<()> {
+    /// Records a use of the leased snapshot (for gc's least-recently-used eviction). Called once
+    /// the use succeeded, so a failed clone or export leaves the index as it was.
+    ///
+    /// As `relatime` does for atime, a use within [`ACCESS_RESOLUTION`] of the last one recorded
+    /// is not written: cloning one snapshot for many VMs in a row rewrites the index once, not
+    /// once per VM. A read-only store records nothing, and is not an error to read from.
+    fn touch(&self, lease: &Lease) -> Result<()> {
+        let now = gotime::now();
+        let recent = lease
+            .last_used
+            .and_then(|t| (now - t).to_std().ok())
+            .is_some_and(|age| age < ACCESS_RESOLUTION);
+        if recent {
+            return Ok(());
+        }
+        let id = lease.id();
         let touched = self.update_index(|index| {
             if let Some(record) = index.get_mut(id)? {
-                record.last_accessed_at = Some(gotime::now());
+                record.last_accessed_at = Some(now);
             }
             Ok(())
         });
@@ -525,7 +542,7 @@ impl LocalFile {
                 let (data_dir, config, lease) = self.lease(reference)?;
                 let (names, _) = data_files(&data_dir)?;
                 let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
-                self.touch(lease.id())?;
+                self.touch(&lease)?;
                 cleanup.disarm();
                 Ok(CloneReport { files, config })
             }
@@ -555,7 +572,7 @@ impl LocalFile {
         };
         let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
         envelope::write(dir, &Envelope::new(config.clone(), names))?;
-        self.touch(lease.id())?;
+        self.touch(&lease)?;
         cleanup.disarm();
         Ok(CloneReport { files, config })
     }

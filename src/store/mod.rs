@@ -16,8 +16,8 @@ use serde::Serialize;
 
 pub use layout::Layout;
 pub use lease::Lease;
-pub use localfile::LocalFile;
 pub(crate) use localfile::remove_traces;
+pub use localfile::{ACCESS_RESOLUTION, LocalFile};
 
 use crate::error::Result;
 use crate::gc::GcOrchestrator;
