@@ -11,8 +11,7 @@ use std::process::{Child, Command};
 use common::*;
 use serde_json::{Value, json};
 use snapstore::{
-    Config, Direct, GcOptions, GcOrchestrator, Leftover, LocalFile, ProblemKind, SaveOptions,
-    Snapshot,
+    Config, GcOptions, GcOrchestrator, Leftover, LocalFile, ProblemKind, SaveOptions, Snapshot,
 };
 
 struct Fixture {
