@@ -49,6 +49,7 @@ fn check(rows: &[Value], fs: &str) {
     for op in [
         "save",
         "clone",
+        "clone, 8x the disk",
         "export --to-dir",
         "export (tar)",
         "import (tar)",

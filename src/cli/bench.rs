@@ -270,6 +270,35 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         "hardlinks everything, disks too: not a safe clone".into(),
     );
 
+    // The same data under a disk 8 times larger: a clone's cost follows extents, not bytes.
+    let big = Workload {
+        disk: workload.disk * 8,
+        ..*workload
+    };
+    let big_src = dir.join("src-big");
+    big.write(&big_src)?;
+    output(snap(&[
+        "save",
+        "--from-dir",
+        p(&big_src),
+        "--name",
+        "bench-big",
+    ]))?;
+    clean(&[&big_src]);
+    let big_dst = dir.join("dst-big");
+    let ours_big = timed(&|| clean(&[&big_dst]), &|| {
+        snap(&["clone", "bench-big", "--to-dir", p(&big_dst)])
+    })?;
+    clean(&[&big_dst]);
+    let apparent = |w: &Workload| human_bytes(w.memory + w.disk);
+    row(
+        "clone, 8x the disk",
+        ours_big,
+        Some((format!("snapstore clone of {}", apparent(workload)), ours)),
+        format!("{} apparent, the same data", apparent(&big)),
+    );
+    drop(snap(&["rm", "bench-big"]).output());
+
     // export --to-dir
     let ours = timed(&|| clean(&[&dst]), &|| {
         snap(&["export", "bench", "--to-dir", p(&dst)])
@@ -630,7 +659,7 @@ impl Scratch {
             img: dir.join(format!("{}.img", fs.name())),
         };
         // Room for the source, the store, and every copy the comparisons make, sparse on disk.
-        let size = (8 * (workload.memory + workload.disk_data) + 2 * workload.disk).max(4 << 30);
+        let size = (10 * (workload.memory + workload.disk_data) + 10 * workload.disk).max(4 << 30);
         std::fs::File::create(&scratch.img)?.set_len(size)?;
         output({
             let mut c = Command::new(mkfs);
