@@ -182,12 +182,7 @@ const FIEMAP_BATCH: usize = 256;
 /// `struct fiemap` of `<linux/fiemap.h>`, with room for a batch of extents after its header.
 #[repr(C)]
 struct RawFiemap {
-    fm_start: u64,
-    fm_length: u64,
-    fm_flags: u32,
-    fm_mapped_extents: u32,
-    fm_extent_count: u32,
-    fm_reserved: u32,
+    header: FiemapHeader,
     fm_extents: [RawExtent; FIEMAP_BATCH],
 }
 
@@ -212,24 +207,27 @@ pub(crate) fn fiemap(file: &File) -> io::Result<Vec<Extent>> {
     let mut start = 0u64;
     loop {
         let mut request = Box::new(RawFiemap {
-            fm_start: start,
-            fm_length: u64::MAX - start,
-            fm_flags: FIEMAP_FLAG_SYNC,
-            fm_mapped_extents: 0,
-            fm_extent_count: FIEMAP_BATCH as u32,
-            fm_reserved: 0,
+            header: FiemapHeader {
+                fm_start: start,
+                fm_length: u64::MAX - start,
+                fm_flags: FIEMAP_FLAG_SYNC,
+                fm_mapped_extents: 0,
+                fm_extent_count: FIEMAP_BATCH as u32,
+                fm_reserved: 0,
+            },
             fm_extents: [RawExtent::default(); FIEMAP_BATCH],
         });
-        // SAFETY: `file` is open for the whole call. `request` is a live, exclusively borrowed
-        // `struct fiemap` followed by room for `fm_extent_count` extents, which is all the kernel
-        // writes; the header type only gives the ioctl its number.
+        // SAFETY: `file` is open for the whole call. The pointer covers all of `request`, a live,
+        // exclusively borrowed `struct fiemap` (its header first, `repr(C)`) followed by room for
+        // `fm_extent_count` extents, which is all the kernel writes; the header type only gives
+        // the ioctl its number.
         unsafe {
             fs_ioc_fiemap(
                 file.as_raw_fd(),
                 std::ptr::from_mut(&mut *request).cast::<FiemapHeader>(),
             )
         }?;
-        let mapped = (request.fm_mapped_extents as usize).min(FIEMAP_BATCH);
+        let mapped = (request.header.fm_mapped_extents as usize).min(FIEMAP_BATCH);
         let batch = &request.fm_extents[..mapped];
         extents.extend(batch.iter().map(|e| Extent {
             logical: e.fe_logical,

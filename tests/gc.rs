@@ -10,44 +10,14 @@ use std::process::{Child, Command};
 
 use common::*;
 use serde_json::{Value, json};
-use snapstore::{
-    Config, GcOptions, GcOrchestrator, Leftover, LocalFile, ProblemKind, SaveOptions, Snapshot,
-};
-
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    src: PathBuf,
-    store: LocalFile,
-}
+use snapstore::{Config, GcOptions, GcOrchestrator, Leftover, ProblemKind, SaveOptions, Snapshot};
 
 fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let src = vm_snapshot(&tmp.path().join("src"), 2 * MIB, 16 * MIB, MIB);
-    let store = LocalFile::open(&root).unwrap();
-    Fixture {
-        root,
-        src,
-        store,
-        _tmp: tmp,
-    }
+    Fixture::new(2 * MIB, 16 * MIB, MIB)
 }
 
+/// Where the gc tests look.
 impl Fixture {
-    async fn save(&self, name: &str) -> snapstore::SnapshotId {
-        let config = Config {
-            name: name.into(),
-            ..Config::default()
-        };
-        let opts = SaveOptions::default();
-        self.store
-            .create(config, self.src.clone(), opts)
-            .await
-            .unwrap()
-            .id
-    }
-
     fn data(&self) -> PathBuf {
         self.root.join("snapshot/localfile")
     }
@@ -234,15 +204,7 @@ async fn max_bytes_evicts_least_recently_used_snapshots_not_in_use() {
     assert_eq!(evicted, [c.clone(), a.clone()]);
     assert_eq!(report.in_use, std::slice::from_ref(&b));
     assert_eq!(report.apparent_bytes, size);
-    let listed: Vec<String> = f
-        .store
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.config.name)
-        .collect();
-    assert_eq!(listed, ["b"]);
+    assert_eq!(f.listed().await, ["b"]);
     for gone in [&a, &c] {
         assert!(!f.data().join(gone.as_str()).exists());
         assert!(!f.data().join(format!("{gone}.json")).exists());

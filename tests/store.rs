@@ -6,55 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use snapstore::{
-    CloneMethod, CloneOptions, CloneSource, Config, Direct, DirectoryExporter, Error, LocalFile,
-    SaveMode, SaveOptions, Snapshot,
+    CloneMethod, CloneOptions, CloneSource, Direct, DirectoryExporter, Error, LocalFile, SaveMode,
+    SaveOptions, Snapshot,
 };
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    src: PathBuf,
-    store: LocalFile,
-}
-
 fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let src = vm_snapshot(&tmp.path().join("src"), 4 * MIB, 64 * MIB, 2 * MIB);
-    let store = LocalFile::open(&root).unwrap();
-    Fixture {
-        root,
-        src,
-        store,
-        _tmp: tmp,
-    }
-}
-
-fn config(name: &str) -> Config {
-    Config {
-        name: name.into(),
-        cpu: 2,
-        memory: 1 << 30,
-        ..Config::default()
-    }
-}
-
-impl Fixture {
-    async fn save(&self, name: &str) -> snapstore::SnapshotId {
-        self.store
-            .create(config(name), self.src.clone(), SaveOptions::default())
-            .await
-            .unwrap()
-            .id
-    }
-
-    fn scratch(&self, name: &str) -> PathBuf {
-        self.root.parent().unwrap().join(name)
-    }
+    Fixture::new(4 * MIB, 64 * MIB, 2 * MIB)
 }
 
 fn on_ext4(path: &Path) -> bool {
@@ -775,14 +736,7 @@ async fn concurrent_saves_and_deletes_keep_the_index_whole() {
     for t in tasks {
         t.await.unwrap();
     }
-    let names: Vec<String> = f
-        .store
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.config.name)
-        .collect();
+    let names = f.listed().await;
     assert_eq!(names.len(), 4);
     for i in (1..8).step_by(2) {
         assert!(names.contains(&format!("s{i}")), "{names:?}");

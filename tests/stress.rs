@@ -40,6 +40,14 @@ impl Ledger {
             .collect()
     }
 
+    /// A live snapshot for worker `w`'s step `step` to read or delete, or a ref that names none.
+    fn target(&self, w: usize, step: usize) -> String {
+        let live = self.live();
+        live.get(pick(w, step + 1000, live.len().max(1)))
+            .cloned()
+            .unwrap_or_else(|| "none".into())
+    }
+
     fn expected(&self) -> BTreeMap<String, String> {
         self.created
             .iter()
@@ -81,8 +89,15 @@ fn inputs(base: &Path, root: &Path) -> Inputs {
     }
 }
 
-/// Checks the end state against the ledger.
-fn check(root: &Path, src: &Path, ledger: &Ledger) {
+/// Checks the end state against the ledger of `workers` workers, and says what was run.
+fn check(what: &str, root: &Path, src: &Path, ledger: &Ledger, workers: usize) {
+    eprintln!(
+        "stress ({what}): {} operations, {} lost a race honestly, {} snapshots left",
+        ledger.ops,
+        ledger.raced,
+        ledger.expected().len()
+    );
+    assert_eq!(ledger.ops, workers * OPS_PER_WORKER);
     assert!(ledger.unexpected.is_empty(), "{:#?}", ledger.unexpected);
     let expected = ledger.expected();
     assert_store_holds(root, &expected);
@@ -107,15 +122,7 @@ fn four_processes_fifty_operations_each_on_one_root() {
     for w in workers {
         w.join().unwrap();
     }
-    let ledger = ledger.lock().unwrap();
-    eprintln!(
-        "stress (processes): {} operations, {} lost a race honestly, {} snapshots left",
-        ledger.ops,
-        ledger.raced,
-        ledger.expected().len()
-    );
-    assert_eq!(ledger.ops, 4 * OPS_PER_WORKER);
-    check(&root, &inputs.src, &ledger);
+    check("processes", &root, &inputs.src, &ledger.lock().unwrap(), 4);
 }
 
 fn cli_worker(w: usize, root: &Path, inputs: &Inputs, ledger: &Mutex<Ledger>) {
@@ -123,12 +130,7 @@ fn cli_worker(w: usize, root: &Path, inputs: &Inputs, ledger: &Mutex<Ledger>) {
     for step in 0..OPS_PER_WORKER {
         let name = format!("w{w}-{step}");
         let out = inputs.scratch.join(format!("{name}-out"));
-        let target = {
-            let live = ledger.lock().unwrap().live();
-            live.get(pick(w, step + 1000, live.len().max(1)))
-                .cloned()
-                .unwrap_or_else(|| "none".into())
-        };
+        let target = ledger.lock().unwrap().target(w, step);
         let (kind, args): (&str, Vec<String>) = match pick(w, step, 10) {
             0 | 1 => (
                 "create",
@@ -218,27 +220,14 @@ async fn eight_tokio_tasks_fifty_operations_each_on_one_store() {
     for t in tasks {
         t.await.unwrap();
     }
-    let ledger = ledger.lock().unwrap();
-    eprintln!(
-        "stress (tasks): {} operations, {} lost a race honestly, {} snapshots left",
-        ledger.ops,
-        ledger.raced,
-        ledger.expected().len()
-    );
-    assert_eq!(ledger.ops, 8 * OPS_PER_WORKER);
-    check(&root, &inputs.src, &ledger);
+    check("tasks", &root, &inputs.src, &ledger.lock().unwrap(), 8);
 }
 
 async fn task_worker(w: usize, store: &LocalFile, inputs: &Inputs, ledger: &Mutex<Ledger>) {
     for step in 0..OPS_PER_WORKER {
         let name = format!("t{w}-{step}");
         let out = inputs.scratch.join(format!("{name}-out"));
-        let target = {
-            let live = ledger.lock().unwrap().live();
-            live.get(pick(w, step + 1000, live.len().max(1)))
-                .cloned()
-                .unwrap_or_else(|| "none".into())
-        };
+        let target = ledger.lock().unwrap().target(w, step);
         let config = Config {
             name: name.clone(),
             ..Config::default()

@@ -384,3 +384,61 @@ pub fn assert_store_holds(root: &Path, expected: &std::collections::BTreeMap<Str
     );
     assert_eq!(leftovers(root.join("snapshot/db")), Vec::<String>::new());
 }
+
+/// A store in a temp dir and a VM snapshot dir beside it to save from.
+pub struct Fixture {
+    pub _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub src: PathBuf,
+    pub store: snapstore::LocalFile,
+}
+
+impl Fixture {
+    /// A new store, and a source of `memory` bytes of memory and a `disk`-byte disk holding
+    /// `disk_data` bytes of data.
+    pub fn new(memory: u64, disk: u64, disk_data: u64) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let src = vm_snapshot(&tmp.path().join("src"), memory, disk, disk_data);
+        let store = snapstore::LocalFile::open(&root).unwrap();
+        Fixture {
+            root,
+            src,
+            store,
+            _tmp: tmp,
+        }
+    }
+
+    /// Saves the source as `name`; its ID.
+    pub async fn save(&self, name: &str) -> snapstore::SnapshotId {
+        use snapstore::Snapshot;
+        let opts = snapstore::SaveOptions::default();
+        self.store
+            .create(config(name), self.src.clone(), opts)
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// The names of the snapshots `list` shows, in its order.
+    pub async fn listed(&self) -> Vec<String> {
+        use snapstore::Snapshot;
+        let records = self.store.list().await.unwrap();
+        records.into_iter().map(|r| r.config.name).collect()
+    }
+
+    /// A path beside the store, for clones and exports.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.root.parent().unwrap().join(name)
+    }
+}
+
+/// A snapshot config named `name`, as a VM of 2 CPUs and 1 GiB would have.
+pub fn config(name: &str) -> snapstore::Config {
+    snapstore::Config {
+        name: name.into(),
+        cpu: 2,
+        memory: 1 << 30,
+        ..snapstore::Config::default()
+    }
+}
