@@ -269,6 +269,23 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         base,
         "hardlinks everything, disks too: not a safe clone".into(),
     );
+    // snapstore fsyncs each file and both directories; cp leaves them to writeback.
+    let durable_cp = format!(
+        "cp -a {cp_flag} '{}' '{}' && sync -f '{}'",
+        data.display(),
+        theirs.display(),
+        theirs.display()
+    );
+    let shell = |script: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    };
+    let durable_label = format!("cp -a {cp_flag} && sync -f (as durable)");
+    let durable = baseline(durable_label.clone(), &|| clean(&[&theirs]), &|| {
+        shell(&durable_cp)
+    })?;
+    row("clone", ours, durable.clone(), String::new());
 
     // The same data under a disk 8 times larger: a clone's cost follows extents, not bytes.
     let big = Workload {
@@ -312,6 +329,7 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         base,
         format!("{cp_mode} rungs, no hardlinks"),
     );
+    row("export --to-dir", ours, durable, String::new());
 
     // tar export, raw
     let ours_tar = dir.join("ours.tar");
