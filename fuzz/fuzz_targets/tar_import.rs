@@ -15,11 +15,18 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.file_name())
         .filter(|name| name != "staging")
         .collect();
-    assert!(outside.is_empty(), "import wrote outside staging: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "import wrote outside staging: {outside:?}"
+    );
 });
 
 /// tmpfs when there is one: the target writes files on every run.
 fn scratch_root() -> std::path::PathBuf {
     let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() }
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
