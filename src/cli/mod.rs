@@ -93,9 +93,11 @@ pub(crate) struct Output {
 impl Output {
     /// Prints `value` as pretty JSON on stdout.
     pub(crate) fn json<T: Serialize>(&self, value: &T) -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        // Buffered: stdout flushes at every newline, and pretty JSON has one per field.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         serde_json::to_writer_pretty(&mut out, value)?;
         writeln!(out)?;
+        out.flush()?;
         Ok(())
     }
 
