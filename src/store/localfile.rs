@@ -201,14 +201,24 @@ impl LocalFile {
             } else {
                 resolve::resolve_many(&index, &refs)?
             };
-            let mut leases = Vec::with_capacity(ids.len());
+            let layout = store.layout();
+            let leases = ids
+                .iter()
+                .map(|id| Lease::shared(&layout.lease_file(id), id))
+                .collect::<Result<Vec<_>>>()?;
+            // Deletes may have finished before the leases: look again, once, under them all.
+            let mut index = store.read_index()?;
             let mut dirs = Vec::with_capacity(ids.len());
             for id in ids {
-                let (dir, config, lease) = store.lease(id.as_str())?;
-                dirs.push((id, config.name, dir));
-                leases.push(lease);
+                let record = index.get(&id)?.filter(|r| !r.pending);
+                let record = record.ok_or_else(|| Error::NotFound {
+                    reference: id.to_string(),
+                })?;
+                dirs.push((id.clone(), record.config.name.clone(), layout.data_dir(&id)));
             }
-            du::measure(&dirs)
+            let report = du::measure(&dirs);
+            drop(leases);
+            report
         })
         .await
     }
