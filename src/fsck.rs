@@ -19,7 +19,7 @@ use crate::fsutil;
 use crate::index::{Index, IndexLock};
 use crate::store::Layout;
 use crate::store::sidecar::Sidecar;
-use crate::types::{FileReport, SnapshotId, gotime};
+use crate::types::{SnapshotId, gotime};
 
 /// What fsck found, and what it repaired.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -204,15 +204,8 @@ fn check_records(
         }
         let mendable = total == record.size_bytes;
         if repair && mendable {
-            let reports: Vec<FileReport> = files
-                .iter()
-                .map(|(name, &bytes)| FileReport {
-                    name: name.clone(),
-                    method: crate::types::CloneMethod::Copy,
-                    bytes,
-                })
-                .collect();
-            Sidecar::new(record, &reports).write(&sidecar_path)?;
+            let sizes = files.iter().map(|(name, &bytes)| (name.as_str(), bytes));
+            Sidecar::new(record, sizes).write(&sidecar_path)?;
         }
         report.problems.push(problem(
             kind,

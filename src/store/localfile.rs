@@ -758,7 +758,8 @@ impl<'a> Creation<'a> {
             record.pending = false;
             record.size_bytes = size_bytes;
             record.last_accessed_at = Some(gotime::now());
-            Sidecar::new(record.clone(), files).write(&sidecar)
+            let sizes = files.iter().map(|f| (f.name.as_str(), f.bytes));
+            Sidecar::new(record.clone(), sizes).write(&sidecar)
         })?;
         if let Some(pending) = self.pending.take() {
             pending.disarm();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::types::{FileReport, Record};
+use crate::types::Record;
 
 /// The only sidecar version there is.
 const SIDECAR_VERSION: u64 = 1;
@@ -40,16 +40,19 @@ pub(crate) struct SidecarFile {
 }
 
 impl Sidecar {
-    /// The sidecar of a complete `record` with data files `files`.
-    pub(crate) fn new(record: Record, files: &[FileReport]) -> Sidecar {
+    /// The sidecar of a complete `record` whose data files are `files`: (name, size) pairs.
+    pub(crate) fn new<'a>(
+        record: Record,
+        files: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Sidecar {
         Sidecar {
             version: SIDECAR_VERSION,
             record,
             files: files
-                .iter()
-                .map(|f| SidecarFile {
-                    name: f.name.clone(),
-                    bytes: f.bytes,
+                .into_iter()
+                .map(|(name, bytes)| SidecarFile {
+                    name: name.to_string(),
+                    bytes,
                 })
                 .collect(),
         }
