@@ -139,10 +139,14 @@ pub fn read_config(path: &Path) -> Result<Config> {
     serde_json::from_value(value).map_err(invalid)
 }
 
-/// Writes `dir/snapshot.json` atomically and durably; returns its path.
-pub fn write(dir: &Path, envelope: &Envelope) -> Result<PathBuf> {
+/// Writes `dir/snapshot.json` atomically, and durably when `durable`; returns its path.
+pub fn write(dir: &Path, envelope: &Envelope, durable: bool) -> Result<PathBuf> {
     let path = dir.join(ENVELOPE_FILE);
-    fsutil::write_atomic(&path, &envelope.to_bytes(), 0o644)?;
+    let bytes = envelope.to_bytes();
+    match durable {
+        true => fsutil::write_atomic(&path, &bytes, 0o644)?,
+        false => fsutil::write_replace(&path, &bytes, 0o644)?,
+    }
     Ok(path)
 }
 
@@ -164,8 +168,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mem"), b"x").unwrap();
         let env = Envelope::new(config(), vec!["mem".into()]);
-        write(dir.path(), &env).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), env);
+        for durable in [true, false] {
+            write(dir.path(), &env, durable).unwrap();
+            assert_eq!(read(dir.path()).unwrap(), env);
+        }
         let text = std::fs::read_to_string(dir.path().join(ENVELOPE_FILE)).unwrap();
         assert!(
             text.ends_with("}\n") && text.contains("\n  \"version\": 1"),

@@ -134,6 +134,17 @@ pub(crate) fn is_missing_or_empty(dir: &Path) -> Result<bool> {
 /// cargo's `paths::write_atomic` skips both fsyncs, which is fine for a build cache and not for
 /// an index that must survive power loss.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace(path, bytes, mode, true)
+}
+
+/// [`write_atomic`] without the fsyncs: a reader still never sees a torn file, but after a power
+/// loss the old content, the new, or an empty file may be there. For files outside the store,
+/// which `cp` and `tar` would not fsync either.
+pub(crate) fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
     let dir = parent_dir(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -141,11 +152,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .tempfile_in(dir)
         .map_err(|e| Error::io("create temp file in", dir, e))?;
     tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
+        .and_then(|()| match durable {
+            true => tmp.as_file().sync_all(),
+            false => Ok(()),
+        })
         .map_err(|e| Error::io("write", tmp.path(), e))?;
     tmp.persist(path)
         .map_err(|e| Error::io("replace", path, e.error))?;
-    fsync_dir(dir)
+    match durable {
+        true => fsync_dir(dir),
+        false => Ok(()),
+    }
 }
 
 /// Removes `path`, a file or a whole directory; a path already gone is not an error.
@@ -201,14 +218,16 @@ mod tests {
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.json");
-        write_atomic(&path, b"one", 0o644).unwrap();
-        write_atomic(&path, b"two", 0o644).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o644);
+        for write in [write_atomic, write_replace] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.json");
+            write(&path, b"one", 0o644).unwrap();
+            write(&path, b"two", 0o600).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"two");
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub use crate::gc::{
 pub use crate::progress::Progress;
 pub use crate::store::{
     ACCESS_RESOLUTION, CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport,
-    Direct, DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions, Skipped, Snapshot,
-    TarStream,
+    DirExportOptions, Direct, DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions,
+    Skipped, Snapshot, TarStream,
 };
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};
 pub use crate::units::{parse_duration, parse_size};

@@ -227,15 +227,20 @@ fn clone_export_import_round_trip_through_the_cli() {
             "--to-dir",
             s(&tmp.path().join("run2")),
             "--no-hardlink",
+            "--sync",
         ],
     );
     assert!(
         table.starts_with("FILE") && !table.contains("hardlink"),
         "{table}"
     );
+    for name in ["config.json", "cow.raw", "memory-range-0", "state.json"] {
+        let (a, b) = (src.join(name), tmp.path().join("run2").join(name));
+        assert!(same_file(&a, &b), "{name}");
+    }
 
     let out = tmp.path().join("out");
-    ok(&root, &["export", "base", "--to-dir", s(&out)]);
+    ok(&root, &["export", "base", "--to-dir", s(&out), "--sync"]);
     assert!(out.join("snapshot.json").exists());
     let id = ok(&root, &["import", "--from-dir", s(&out), "--name", "copy"]);
     assert_eq!(json(&ok(&root, &["inspect", "copy"]))["id"], id.trim());
@@ -270,7 +275,7 @@ fn tar_export_names_its_output_and_pipes_into_import() {
         );
     };
     run(&["export", "base"]);
-    run(&["export", "base", "--gzip"]);
+    run(&["export", "base", "--gzip", "--sync"]);
     run(&["export", "base", "--zstd", "--sparse-format", "gnu"]);
     for (name, magic) in [
         ("base.tar", &b"snap"[..]),

@@ -103,6 +103,7 @@ async fn reflink_every_file(var: &str) {
     let opts = CloneOptions {
         hardlink: true,
         require_cow: true,
+        ..CloneOptions::default()
     };
     let cloned = store
         .clone_to_dir(CloneSource::Dir(out), from_dir.clone(), opts)
@@ -176,6 +177,7 @@ async fn across_filesystems_the_ladder_falls_to_a_sparse_copy() {
     let opts = CloneOptions {
         hardlink: true,
         require_cow: true,
+        ..CloneOptions::default()
     };
     let err = store
         .clone_to_dir(CloneSource::Ref("base".into()), refused.clone(), opts)

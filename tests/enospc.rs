@@ -54,6 +54,7 @@ async fn a_full_disk_fails_clearly_and_loses_nothing() {
             CloneOptions {
                 hardlink: false,
                 require_cow: false,
+                ..CloneOptions::default()
             },
         )
         .await

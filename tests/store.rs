@@ -383,6 +383,7 @@ async fn clone_out_links_memory_and_copies_disks_with_holes() {
     let opts = CloneOptions {
         hardlink: false,
         require_cow: false,
+        sync: true,
     };
     let report = f
         .store
@@ -440,6 +441,7 @@ async fn require_cow_without_reflink_fails_and_leaves_nothing() {
     let opts = CloneOptions {
         hardlink: true,
         require_cow: true,
+        ..CloneOptions::default()
     };
     let err = f
         .store

@@ -4,9 +4,10 @@
 //! Every figure is the whole-process wall time of a command (snapstore itself is run as a
 //! process, like `cp` and `tar`), over `--runs` runs: median, min, max; each snapstore median is
 //! printed as a ratio to its counterpart's (below 1 is faster). Clean-up between runs, and a
-//! `sync` so that no run pays for the previous one's writeback, are not timed. snapstore fsyncs
-//! what it writes and cp and tar do not; where that decides the result, a durable variant of the
-//! baseline (`&& sync -f`) is timed too. `--scratch-fs` makes loop-mounted images (root only)
+//! `sync` so that no run pays for the previous one's writeback, are not timed. What snapstore
+//! writes into the store (save, import) it fsyncs, and cp and tar do not: there a durable variant
+//! of the baseline (`&& sync -f`) is timed too. What it writes out (clone, export) it leaves to
+//! writeback as cp does, unless `--sync`, which is timed against the durable baseline. `--scratch-fs` makes loop-mounted images (root only)
 //! and removes them afterwards, also on Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
@@ -229,6 +230,24 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         Ok(Some((label, time(runs, prepare, command)?)))
     };
 
+    // What a user would run to make a copy durable: snapstore fsyncs what it saves, and what it
+    // clones or exports with --sync; cp leaves it all to writeback.
+    let durable_cp = format!(
+        "cp -a {cp_flag} '{}' '{}' && sync -f '{}'",
+        data.display(),
+        theirs.display(),
+        theirs.display()
+    );
+    let shell = |script: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    };
+    let durable_label = format!("cp -a {cp_flag} && sync -f (as durable)");
+    let durable = baseline(durable_label.clone(), &|| clean(&[&theirs]), &|| {
+        shell(&durable_cp)
+    })?;
+
     // save
     let ours = timed(&|| drop(snap(&["rm", "bench-save"]).output()), &|| {
         snap(&["save", "--from-dir", p(&src), "--name", "bench-save"])
@@ -245,6 +264,7 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         "bench-methods",
     ]))?)?;
     row("save", ours, base, saved);
+    row("save", ours, durable.clone(), String::new());
 
     // clone
     let ours = timed(&|| clean(&[&dst]), &|| {
@@ -269,23 +289,10 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         base,
         "hardlinks everything, disks too: not a safe clone".into(),
     );
-    // snapstore fsyncs each file and both directories; cp leaves them to writeback.
-    let durable_cp = format!(
-        "cp -a {cp_flag} '{}' '{}' && sync -f '{}'",
-        data.display(),
-        theirs.display(),
-        theirs.display()
-    );
-    let shell = |script: &str| {
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(script);
-        c
-    };
-    let durable_label = format!("cp -a {cp_flag} && sync -f (as durable)");
-    let durable = baseline(durable_label.clone(), &|| clean(&[&theirs]), &|| {
-        shell(&durable_cp)
+    let synced = timed(&|| clean(&[&dst]), &|| {
+        snap(&["clone", "bench", "--to-dir", p(&dst), "--sync"])
     })?;
-    row("clone", ours, durable.clone(), String::new());
+    row("clone --sync", synced, durable.clone(), String::new());
 
     // The same data under a disk 8 times larger: a clone's cost follows extents, not bytes.
     let big = Workload {
@@ -329,7 +336,10 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         base,
         format!("{cp_mode} rungs, no hardlinks"),
     );
-    row("export --to-dir", ours, durable, String::new());
+    let synced = timed(&|| clean(&[&dst]), &|| {
+        snap(&["export", "bench", "--to-dir", p(&dst), "--sync"])
+    })?;
+    row("export --to-dir --sync", synced, durable, String::new());
 
     // tar export, raw
     let ours_tar = dir.join("ours.tar");

@@ -26,6 +26,10 @@ pub(crate) struct Args {
     /// Never hardlink memory files (a hypervisor will write a new snapshot over them)
     #[arg(long)]
     no_hardlink: bool,
+    /// Fsync the clone before exiting, so it survives a power loss [default: leave it to the
+    /// kernel's writeback, as cp does]
+    #[arg(long)]
+    sync: bool,
 }
 
 pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
@@ -37,6 +41,7 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     let opts = CloneOptions {
         hardlink: !args.no_hardlink,
         require_cow: args.require_cow,
+        sync: args.sync,
     };
     let report = store.clone_to_dir(source, args.to_dir, opts).await?;
     drop(store); // clears the progress bar

@@ -3,14 +3,15 @@
 //!
 //! An archive goes to a temp file beside its target and is renamed into place only when
 //! complete: a failed or interrupted (Ctrl-C) export leaves no output, and never clobbers an
-//! older file of the same name. Like `cp` and `tar`, it does not fsync the archive: it is a copy
-//! of a snapshot that stays in the store, and can be made again.
+//! older file of the same name. Like `cp` and `tar`, it does not fsync the archive or the
+//! directory, unless `--sync` asks: they are copies of a snapshot that stays in the store, and
+//! can be made again.
 
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use snapstore::{Compression, DirectoryExporter, ExportOptions, Snapshot, SparseFormat};
+use snapstore::{Compression, DirExportOptions, ExportOptions, Snapshot, SparseFormat};
 
 use super::progress::Tracked;
 use super::{Output, files_table};
@@ -34,6 +35,9 @@ pub(crate) struct Args {
     /// How sparse files are written: cocoon's PAX records, or GNU tar's PAX 1.0
     #[arg(long, value_enum, default_value_t = Format::Cocoon)]
     sparse_format: Format,
+    /// Fsync the archive or directory before exiting, so it survives a power loss
+    #[arg(long)]
+    sync: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -44,7 +48,8 @@ enum Format {
 
 pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     if let Some(dir) = args.to_dir {
-        let report = store.export_to_dir(&args.reference, dir).await?;
+        let opts = DirExportOptions { sync: args.sync };
+        let report = store.export_to_dir_with(&args.reference, dir, opts).await?;
         drop(store); // clears the progress bar
         return if out.json {
             out.json(&report)
@@ -107,8 +112,18 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
         }
     }
     drop(store); // clears the progress bar
+    if args.sync {
+        temp.as_file()
+            .sync_all()
+            .with_context(|| format!("cannot fsync {}", temp.path().display()))?;
+    }
     temp.persist(&target)
         .with_context(|| format!("cannot rename the archive to {}", target.display()))?;
+    if args.sync {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot fsync {}", dir.display()))?;
+    }
     out.note(format_args!(
         "exported {} to {}",
         args.reference,

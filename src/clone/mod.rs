@@ -103,6 +103,9 @@ pub(crate) struct Options {
     pub(crate) allow_hardlink: bool,
     /// Fail rather than copy any file.
     pub(crate) require_cow: bool,
+    /// Fsync every file created, and `dst_dir`, before returning: on for the store's own
+    /// files; for a clone out of the store, the caller's choice.
+    pub(crate) durable: bool,
     /// Advanced by the bytes each copy moves.
     pub(crate) progress: Progress,
 }
@@ -115,8 +118,8 @@ struct Rungs {
 
 /// Clones every job into `dst_dir`, which must exist; returns one report per job, in job order.
 ///
-/// Every file created is fsynced, and so is `dst_dir`. On any error, every file this call
-/// created is removed and the error names the file that failed.
+/// With `durable`, every file created is fsynced, and so is `dst_dir`. On any error, every file
+/// this call created is removed and the error names the file that failed.
 ///
 /// # Errors
 /// [`Error::CowRequired`] when `require_cow` is set and a file would need a copy,
@@ -150,10 +153,12 @@ pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: &Options) -> Result<Vec<Fi
         opts.progress.add_total(check_space(&to_copy, dst_dir)?);
     }
     let copied = parallel(&to_copy, |job| {
-        copy_file(job, &dst_dir.join(&job.name), &opts.progress, &record)
+        copy_file(job, &dst_dir.join(&job.name), opts, &record)
     })?;
 
-    fsutil::fsync_dir(dst_dir)?;
+    if opts.durable {
+        fsutil::fsync_dir(dst_dir)?;
+    }
     let mut copied = copied.into_iter();
     let reports = cheap
         .into_iter()
@@ -185,7 +190,9 @@ fn cheap_clone(
         record(dst);
         match sys::ficlone(&out, &src) {
             Ok(()) => {
-                out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
+                if opts.durable {
+                    out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
+                }
                 return Ok(Some(report(job, CloneMethod::Reflink, len)));
             }
             Err(e) if sys::clone_unsupported(&e) => {
@@ -209,19 +216,19 @@ fn cheap_clone(
     Ok(None)
 }
 
-/// The last rung: a hole-preserving copy, fsynced.
+/// The last rung: a hole-preserving copy, fsynced when `opts.durable`.
 fn copy_file(
     job: &Job,
     dst: &Path,
-    progress: &Progress,
+    opts: &Options,
     record: &(dyn Fn(&Path) + Sync),
 ) -> Result<FileReport> {
     let src = fsutil::open(&job.src)?;
     let len = metadata_len(&src, &job.src)?;
     let out = fsutil::create_new(dst, CREATE_MODE)?;
     record(dst);
-    sparse::copy(&src, &out, len, progress)
-        .and_then(|_| out.sync_all())
+    sparse::copy(&src, &out, len, opts.durable, &opts.progress)
+        .and_then(|_| if opts.durable { out.sync_all() } else { Ok(()) })
         .map_err(|source| clone_error(CloneMethod::Copy, job, dst, source))?;
     Ok(report(job, CloneMethod::Copy, len))
 }
@@ -375,6 +382,7 @@ mod tests {
         let opts = Options {
             allow_hardlink: true,
             require_cow: false,
+            durable: true,
             progress: Progress::new(),
         };
         let reports = run(&jobs, dst.path(), &opts).unwrap();

@@ -13,19 +13,32 @@ use crate::progress::Progress;
 use crate::sys;
 
 /// Largest single `copy_file_range` request; the kernel may do less and is asked again. After
-/// each, writeback of what was copied is started, so the closing fsync does not wait for it all.
+/// each, for a copy that will be fsynced, writeback of what was copied is started, so the closing
+/// fsync does not wait for it all.
 const RANGE_CHUNK: u64 = 32 << 20;
 
 /// Buffer of the read/write fallback.
 const BUF_SIZE: usize = 1 << 20;
 
 /// Copies the first `len` bytes of `src` into the empty file `dst`, holes kept; returns the bytes
-/// of data copied, advancing `progress` as it goes. The caller fsyncs.
-pub(crate) fn copy(src: &File, dst: &File, len: u64, progress: &Progress) -> io::Result<u64> {
+/// of data copied, advancing `progress` as it goes. With `durable`, writeback starts as it goes
+/// and the caller fsyncs; without, the data is left to the kernel's writeback, as `cp` leaves it.
+pub(crate) fn copy(
+    src: &File,
+    dst: &File,
+    len: u64,
+    durable: bool,
+    progress: &Progress,
+) -> io::Result<u64> {
     dst.set_len(len)?;
     let mut copied = 0;
+    let out = Out {
+        file: dst,
+        durable,
+        progress,
+    };
     for (offset, length) in data_segments(src, len)? {
-        copy_range(src, dst, offset, length, progress)?;
+        copy_range(src, &out, offset, length)?;
         copied += length;
     }
     Ok(copied)
@@ -55,26 +68,37 @@ pub(crate) fn data_segments(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>
     Ok(segments)
 }
 
-/// Copies `len` bytes at `offset` from `src` to the same offset of `dst`.
-fn copy_range(
-    src: &File,
-    dst: &File,
-    offset: u64,
-    len: u64,
-    progress: &Progress,
-) -> io::Result<()> {
+/// The target of a copy, and what each write into it is followed by.
+struct Out<'a> {
+    file: &'a File,
+    durable: bool,
+    progress: &'a Progress,
+}
+
+impl Out<'_> {
+    /// Records `n` bytes written at `offset`.
+    fn wrote(&self, offset: u64, n: usize) -> io::Result<()> {
+        if self.durable {
+            sys::start_writeback(self.file, offset, n as u64)?;
+        }
+        self.progress.advance(n as u64);
+        Ok(())
+    }
+}
+
+/// Copies `len` bytes at `offset` from `src` to the same offset of `out`.
+fn copy_range(src: &File, out: &Out, offset: u64, len: u64) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         let chunk = (len - done).min(RANGE_CHUNK) as usize;
-        match sys::copy_file_range(src, offset + done, dst, offset + done, chunk) {
+        match sys::copy_file_range(src, offset + done, out.file, offset + done, chunk) {
             Ok(0) => return Err(shrank()),
             Ok(n) => {
-                sys::start_writeback(dst, offset + done, n as u64)?;
-                progress.advance(n as u64);
+                out.wrote(offset + done, n)?;
                 done += n as u64;
             }
             Err(e) if sys::copy_range_unsupported(&e) => {
-                return read_write(src, dst, offset + done, len - done, progress);
+                return read_write(src, out, offset + done, len - done);
             }
             Err(e) => return Err(e),
         }
@@ -83,13 +107,7 @@ fn copy_range(
 }
 
 /// The fallback: plain positioned reads and writes.
-fn read_write(
-    src: &File,
-    dst: &File,
-    offset: u64,
-    len: u64,
-    progress: &Progress,
-) -> io::Result<()> {
+fn read_write(src: &File, out: &Out, offset: u64, len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_SIZE.min(len as usize)];
     let mut done = 0;
     while done < len {
@@ -98,9 +116,8 @@ fn read_write(
         if n == 0 {
             return Err(shrank());
         }
-        dst.write_all_at(&buf[..n], offset + done)?;
-        sys::start_writeback(dst, offset + done, n as u64)?;
-        progress.advance(n as u64);
+        out.file.write_all_at(&buf[..n], offset + done)?;
+        out.wrote(offset + done, n)?;
         done += n as u64;
     }
     Ok(())
@@ -157,6 +174,7 @@ mod tests {
         fn copy_keeps_bytes_size_and_holes(
             layout in proptest::collection::vec(any::<bool>(), 1..64),
             tail in 0u64..BLOCK,
+            durable in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let (src_path, src) = sparse_file(dir.path(), &layout);
@@ -166,8 +184,10 @@ mod tests {
             let dst_path = dir.path().join("dst");
             let dst = std::fs::File::create(&dst_path).unwrap();
             let progress = Progress::new();
-            let copied = copy(&src, &dst, len, &progress).unwrap();
-            dst.sync_all().unwrap();
+            let copied = copy(&src, &dst, len, durable, &progress).unwrap();
+            if durable {
+                dst.sync_all().unwrap();
+            }
             prop_assert_eq!(progress.done(), copied, "progress counts the data copied");
             let a = std::fs::read(&src_path).unwrap();
             let b = std::fs::read(&dst_path).unwrap();
@@ -186,7 +206,7 @@ mod tests {
         let dst_path = dir.path().join("dst");
         let dst = File::create(&dst_path).unwrap();
         let progress = Progress::new();
-        assert_eq!(copy(&src, &dst, 256 * BLOCK, &progress).unwrap(), 0);
+        assert_eq!(copy(&src, &dst, 256 * BLOCK, false, &progress).unwrap(), 0);
         assert_eq!(progress.done(), 0);
         assert_eq!(std::fs::metadata(&dst_path).unwrap().len(), 256 * BLOCK);
         assert_eq!(std::fs::metadata(&dst_path).unwrap().blocks(), 0);
@@ -201,14 +221,19 @@ mod tests {
         let dst = File::create(&dst_path).unwrap();
         dst.set_len(3 * BLOCK).unwrap();
         let progress = Progress::new();
-        read_write(&src, &dst, 0, 3 * BLOCK, &progress).unwrap();
+        let out = Out {
+            file: &dst,
+            durable: true,
+            progress: &progress,
+        };
+        read_write(&src, &out, 0, 3 * BLOCK).unwrap();
         assert_eq!(progress.done(), 3 * BLOCK);
         assert_eq!(
             std::fs::read(&src_path).unwrap(),
             std::fs::read(&dst_path).unwrap()
         );
         assert!(
-            read_write(&src, &dst, 2 * BLOCK, 2 * BLOCK, &progress).is_err(),
+            read_write(&src, &out, 2 * BLOCK, 2 * BLOCK).is_err(),
             "reading past the end"
         );
     }

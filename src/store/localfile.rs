@@ -25,8 +25,8 @@ use crate::progress::Progress;
 use crate::resolve;
 use crate::store::sidecar::Sidecar;
 use crate::store::{
-    CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, Direct,
-    DirectoryExporter, Layout, Lease, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
+    CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, DirExportOptions,
+    Direct, DirectoryExporter, Layout, Lease, SaveMode, SaveOptions, Skipped, Snapshot, TarStream,
 };
 use crate::sys;
 use crate::types::{CloneMethod, Config, FileReport, Record, SnapshotId, gotime, is_plain_name};
@@ -130,6 +130,21 @@ impl LocalFile {
     ) -> Result<CloneReport> {
         let store = self.clone();
         blocking(move || store.clone_to_dir_blocking(&source, &dir, opts)).await
+    }
+
+    /// [`DirectoryExporter::export_to_dir`] with options: `opts.sync` makes the export durable
+    /// before it returns.
+    ///
+    /// # Errors
+    /// Those of [`DirectoryExporter::export_to_dir`].
+    pub async fn export_to_dir_with(
+        &self,
+        reference: &str,
+        dir: PathBuf,
+        opts: DirExportOptions,
+    ) -> Result<CloneReport> {
+        let (store, reference) = (self.clone(), reference.to_string());
+        blocking(move || store.export_to_dir_blocking(&reference, &dir, opts)).await
     }
 
     /// What the filesystem holding `dir` can do for a clone out of this store, tried for real
@@ -424,6 +439,7 @@ impl LocalFile {
         let ladder = clone::Options {
             allow_hardlink: opts.mode == SaveMode::Link,
             require_cow: opts.require_cow,
+            durable: true,
             progress: self.progress.clone(),
         };
         reports.extend(clone::run(&jobs, staging, &ladder)?);
@@ -545,6 +561,7 @@ impl LocalFile {
         let ladder = clone::Options {
             allow_hardlink: opts.hardlink,
             require_cow: opts.require_cow,
+            durable: opts.sync,
             progress: self.progress.clone(),
         };
         match source {
@@ -573,15 +590,21 @@ impl LocalFile {
         }
     }
 
-    fn export_to_dir_blocking(&self, reference: &str, dir: &Path) -> Result<CloneReport> {
+    fn export_to_dir_blocking(
+        &self,
+        reference: &str,
+        dir: &Path,
+        opts: DirExportOptions,
+    ) -> Result<CloneReport> {
         let (data_dir, config, lease) = self.lease(reference)?;
         let (names, _) = data_files(&data_dir)?;
         let ladder = clone::Options {
+            durable: opts.sync,
             progress: self.progress.clone(),
             ..clone::Options::default()
         };
         let (files, cleanup) = self.clone_out(&data_dir, &names, dir, ladder)?;
-        envelope::write(dir, &Envelope::new(config.clone(), names))?;
+        envelope::write(dir, &Envelope::new(config.clone(), names), opts.sync)?;
         self.touch(&lease)?;
         cleanup.disarm();
         Ok(CloneReport { files, config })
@@ -612,7 +635,9 @@ impl LocalFile {
         for file in &files {
             cleanup.push(dir.join(&file.name));
         }
-        fsutil::fsync_dir(fsutil::parent_dir(dir))?;
+        if ladder.durable {
+            fsutil::fsync_dir(fsutil::parent_dir(dir))?;
+        }
         Ok((files, cleanup))
     }
 
@@ -993,8 +1018,8 @@ impl CompressedExporter for LocalFile {
 
 impl DirectoryExporter for LocalFile {
     async fn export_to_dir(&self, reference: &str, dir: PathBuf) -> Result<CloneReport> {
-        let (store, reference) = (self.clone(), reference.to_string());
-        blocking(move || store.export_to_dir_blocking(&reference, &dir)).await
+        self.export_to_dir_with(reference, dir, DirExportOptions::default())
+            .await
     }
 }
 

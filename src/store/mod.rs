@@ -56,6 +56,10 @@ pub struct CloneOptions {
     pub hardlink: bool,
     /// Fail rather than copy data.
     pub require_cow: bool,
+    /// Fsync every file and the target directory before returning, for a caller that records
+    /// the clone somewhere that must not outlive it after a power loss. Off by default: the
+    /// clone is the caller's file, and like `cp` it is left to the kernel's writeback.
+    pub sync: bool,
 }
 
 impl Default for CloneOptions {
@@ -63,8 +67,17 @@ impl Default for CloneOptions {
         CloneOptions {
             hardlink: true,
             require_cow: false,
+            sync: false,
         }
     }
+}
+
+/// Options of an export into a directory ([`LocalFile::export_to_dir_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirExportOptions {
+    /// Fsync every file, `snapshot.json` and the directory before returning; see
+    /// [`CloneOptions::sync`].
+    pub sync: bool,
 }
 
 /// A directory entry of a source that is not a data file, and so was not saved.
