@@ -49,8 +49,10 @@ fn check(rows: &[Value], fs: &str) {
     for op in [
         "save",
         "clone",
+        "clone --sync",
         "clone, 8x the disk",
         "export --to-dir",
+        "export --to-dir --sync",
         "export (tar)",
         "import (tar)",
         "export --gzip",

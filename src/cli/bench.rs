@@ -330,11 +330,17 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
         cp(&data, cp_flag)
     })?;
+    let (got, had) = (allocated(&dst), allocated(&data));
     row(
         "export --to-dir",
         ours,
         base,
-        format!("{cp_mode} rungs, no hardlinks"),
+        format!(
+            "{cp_mode} rungs, no hardlinks; allocated {} for the store's {} ({:+.2}%)",
+            human_bytes(got),
+            human_bytes(had),
+            pct(got, had)
+        ),
     );
     let synced = timed(&|| clean(&[&dst]), &|| {
         snap(&["export", "bench", "--to-dir", p(&dst), "--sync"])
@@ -607,6 +613,19 @@ fn methods(json: &[u8]) -> Result<String> {
         })
         .collect::<Vec<_>>()
         .join(", "))
+}
+
+/// Bytes allocated by the regular files directly in `dir`, as the kernel counts them (st_blocks).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 fn pct(a: u64, b: u64) -> f64 {
