@@ -2,13 +2,14 @@
 //! run, on each filesystem asked for.
 //!
 //! Every figure is the whole-process wall time of a command (snapstore itself is run as a
-//! process, like `cp` and `tar`), over `--runs` runs: median, min, max; each snapstore median is
-//! printed as a ratio to its counterpart's (below 1 is faster). Clean-up between runs, and a
-//! `sync` so that no run pays for the previous one's writeback, are not timed. What snapstore
-//! writes into the store (save, import) it fsyncs, and cp and tar do not: there a durable variant
-//! of the baseline (`&& sync -f`) is timed too. What it writes out (clone, export) it leaves to
-//! writeback as cp does, unless `--sync`, which is timed against the durable baseline. `--scratch-fs` makes loop-mounted images (root only)
-//! and removes them afterwards, also on Ctrl-C or SIGTERM.
+//! process, like `cp` and `tar`), over `--runs` runs (at least 20 for a command under 0.1 s):
+//! median, min, max; each snapstore median is printed as a ratio to its counterpart's (below 1 is
+//! faster). Clean-up between runs, and a `sync` so that no run pays for the previous one's
+//! writeback, are not timed. What snapstore writes into the store (save, import) it fsyncs, and
+//! cp and tar do not: there a durable variant of the baseline (`&& sync -f`) is timed too. What
+//! it writes out (clone, export) it leaves to writeback as cp does, unless `--sync`, which is
+//! timed against the durable baseline. `--scratch-fs` makes loop-mounted images (root only) and
+//! removes them afterwards, also on Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,7 +40,7 @@ pub(crate) struct Args {
     /// Data scattered across the disk
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     disk_data: u64,
-    /// Timed runs of each command
+    /// Timed runs of each command (at least 20 of one that takes under 0.1 s)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Snapshots in the index for the index timings (list, inspect, save overhead); 0 skips them
@@ -559,16 +560,27 @@ fn bench_index(dir: &Path, count: usize, runs: u32) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Times `runs` runs of `command`, each after an untimed `prepare`.
+/// A command whose first run takes less than this is timed at least [`QUICK_RUNS`] times: a few
+/// milliseconds vary from run to run by more than the differences being measured.
+const QUICK: f64 = 0.1;
+const QUICK_RUNS: u32 = 20;
+
+/// Times `runs` runs of `command` (at least [`QUICK_RUNS`] for a quick one), each after an
+/// untimed `prepare`.
 fn time(runs: u32, prepare: &dyn Fn(), command: &dyn Fn() -> Command) -> Result<Stats> {
     let mut times = Vec::with_capacity(runs as usize);
-    for _ in 0..runs {
+    let mut wanted = runs.max(1);
+    while times.len() < wanted as usize {
         prepare();
         // Untimed: no run pays for the writeback of the one before it.
         let _ = Command::new("sync").status();
         let start = Instant::now();
         output(command())?;
-        times.push(start.elapsed().as_secs_f64());
+        let took = start.elapsed().as_secs_f64();
+        if times.is_empty() && took < QUICK {
+            wanted = wanted.max(QUICK_RUNS);
+        }
+        times.push(took);
     }
     times.sort_by(f64::total_cmp);
     Ok(Stats {

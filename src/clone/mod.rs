@@ -285,15 +285,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The cores this process may use, asked once: `available_parallelism` reads cgroup files each
+/// time.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+}
+
 /// Runs `f` on every item on up to one thread per core; results in item order. After the first
 /// error no new item is started, and the first error in item order is returned.
 pub(crate) fn parallel<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, std::num::NonZero::get)
-        .min(items.len());
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let workers = cores().min(items.len());
     if workers <= 1 {
         return items.iter().map(f).collect();
     }
@@ -302,20 +310,23 @@ pub(crate) fn parallel<T: Sync, R: Send>(
     let mut results: Vec<Option<Result<R>>> = Vec::new();
     results.resize_with(items.len(), || None);
     let results = Mutex::new(results);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let result = f(item);
-                    if result.is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    lock(&results)[i] = Some(result);
-                }
-            });
+    let work = || {
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            let result = f(item);
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            lock(&results)[i] = Some(result);
         }
+    };
+    std::thread::scope(|scope| {
+        // The calling thread is one of the workers.
+        for _ in 1..workers {
+            scope.spawn(work);
+        }
+        work();
     });
     let results = results
         .into_inner()

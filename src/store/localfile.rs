@@ -864,7 +864,7 @@ fn write_archive(
     label: &Path,
     progress: &Progress,
 ) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let threads = clone::cores();
     let write_err = |e| Error::io("write archive", label, e);
     let mut out = compress::compressor(opts.compression, out, threads).map_err(write_err)?;
     export::write_tar(
