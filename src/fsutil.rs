@@ -134,34 +134,56 @@ pub(crate) fn is_missing_or_empty(dir: &Path) -> Result<bool> {
 /// cargo's `paths::write_atomic` skips both fsyncs, which is fine for a build cache and not for
 /// an index that must survive power loss.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    replace(path, bytes, mode, true)
+    Staged::write(path, bytes, mode, true)?.commit()
 }
 
 /// [`write_atomic`] without the fsyncs: a reader still never sees a torn file, but after a power
 /// loss the old content, the new, or an empty file may be there. For files outside the store,
 /// which `cp` and `tar` would not fsync either.
 pub(crate) fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    replace(path, bytes, mode, false)
+    Staged::write(path, bytes, mode, false)?.commit()
 }
 
-fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create temp file in", dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| match durable {
-            true => tmp.as_file().sync_all(),
-            false => Ok(()),
+/// The first half of [`write_atomic`]: the new content, written (and fsynced when durable) to a
+/// temp file beside `path`, which [`Staged::commit`] renames into place. Dropped uncommitted, the
+/// temp file is removed; a crash leaves it to gc, by its `.tmp-` prefix.
+pub(crate) struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+    durable: bool,
+}
+
+impl Staged {
+    pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<Staged> {
+        let dir = parent_dir(path);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .permissions(Permissions::from_mode(mode))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("create temp file in", dir, e))?;
+        tmp.write_all(bytes)
+            .and_then(|()| match durable {
+                true => tmp.as_file().sync_all(),
+                false => Ok(()),
+            })
+            .map_err(|e| Error::io("write", tmp.path(), e))?;
+        Ok(Staged {
+            tmp,
+            path: path.to_path_buf(),
+            durable,
         })
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("replace", path, e.error))?;
-    match durable {
-        true => fsync_dir(dir),
-        false => Ok(()),
+    }
+
+    /// Renames the new content over the path, then (when durable) fsyncs the directory.
+    pub(crate) fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.tmp
+            .persist(&path)
+            .map_err(|e| Error::io("replace", &path, e.error))?;
+        match self.durable {
+            true => fsync_dir(parent_dir(&path)),
+            false => Ok(()),
+        }
     }
 }
 

@@ -262,9 +262,10 @@ impl Index {
     }
 }
 
-/// The last index a store read or wrote, keyed by the exact bytes of its file: a save reads the
-/// index twice (to claim the name, then to mark the snapshot complete), and parses it once.
-/// Equal bytes parse to an equal index, so a hit is never stale, whoever wrote the file.
+/// The last index a store wrote, or looked into with [`IndexCache::with`], keyed by the exact
+/// bytes of its file: a save reads the index twice (to check the name early, then to commit),
+/// and parses it once. Equal bytes parse to an equal index, so a hit is never stale, whoever
+/// wrote the file. Nothing is copied to fill it: a one-shot `list` pays for no cache.
 #[derive(Debug, Default)]
 pub(crate) struct IndexCache(Mutex<Option<(Vec<u8>, Index)>>);
 
@@ -272,9 +273,22 @@ impl IndexCache {
     /// The index at `path`, which the caller has locked; a copy of the cached one when the file
     /// holds the bytes last seen.
     pub(crate) fn load(&self, path: &Path) -> Result<Index> {
-        let (bytes, index) = self.read(path)?;
+        let (bytes, index, hit) = self.read(path)?;
+        if !hit {
+            // Not worth a copy of a whole index to keep it.
+            return Ok(index);
+        }
         self.keep(bytes, index.clone());
         Ok(index)
+    }
+
+    /// Runs `f` on the index at `path`, which the caller has locked, and keeps it for the next
+    /// reader: no copy is made. (`f` only looks: what is kept must be what the file holds.)
+    pub(crate) fn with<T>(&self, path: &Path, f: impl FnOnce(&Index) -> T) -> Result<T> {
+        let (bytes, index, _) = self.read(path)?;
+        let out = f(&index);
+        self.keep(bytes, index);
+        Ok(out)
     }
 
     /// The index at `path`, which the caller has locked exclusively, to change and then
@@ -291,18 +305,21 @@ impl IndexCache {
         Ok(())
     }
 
-    fn read(&self, path: &Path) -> Result<(Vec<u8>, Index)> {
+    /// The file's bytes and its index, taken out of the cache on a hit (true) or parsed.
+    fn read(&self, path: &Path) -> Result<(Vec<u8>, Index, bool)> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("read", path, e)),
         };
         let cached = self.slot().take().filter(|(seen, _)| *seen == bytes);
-        let index = match cached {
-            Some((_, index)) => index,
-            None => Index::parse(&bytes, path)?,
-        };
-        Ok((bytes, index))
+        Ok(match cached {
+            Some((_, index)) => (bytes, index, true),
+            None => {
+                let index = Index::parse(&bytes, path)?;
+                (bytes, index, false)
+            }
+        })
     }
 
     fn keep(&self, bytes: Vec<u8>, index: Index) {
@@ -439,6 +456,26 @@ mod tests {
         let path = dir.join("snapshots.json");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn the_cache_serves_what_the_file_holds_whoever_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), COCOON_INDEX);
+        let cache = IndexCache::default();
+        let taken = cache.with(&path, |i| i.names.get("nightly").cloned());
+        assert_eq!(taken.unwrap().unwrap().as_str(), "SNAP111111111111");
+
+        // A change saved through the cache is what the next reader sees.
+        let mut index = cache.take(&path).unwrap();
+        assert!(index.remove(&SnapshotId::try_from("SNAP111111111111".to_string()).unwrap()));
+        cache.save(&path, index).unwrap();
+        assert!(!cache.load(&path).unwrap().names.contains_key("nightly"));
+
+        // Another writer replaces the file: the cached index is not served.
+        std::fs::write(&path, COCOON_INDEX).unwrap();
+        assert!(cache.load(&path).unwrap().names.contains_key("nightly"));
+        assert!(cache.take(&path).unwrap().names.contains_key("nightly"));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The localfile backend: snapshots as per-file clones in per-ID data directories.
 //!
-//! Creation is atomic: a pending record claims the ID and name, the files are cloned into a
-//! staging dir on the same filesystem, fsynced and made read-only, the staging dir is renamed
-//! into `localfile/ID`, and only then is the record marked complete. A failure at any step
-//! removes what was made and the pending record with it; a crash leaves a pending record and at
-//! most an orphan dir, neither of which is ever listed or resolved.
+//! Creation is atomic: under an exclusive build lease, the files are cloned into a staging dir on
+//! the same filesystem, fsynced and made read-only; then, under the index lock, the name is
+//! claimed, the staging dir is renamed into `localfile/ID` and the complete record is written, in
+//! one index write (as cocoon's import does). A failure at any step removes what was made; a
+//! crash leaves at most a staging or data dir that no record names, which is never listed or
+//! resolved, and which gc removes once the lease is free.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -353,30 +354,25 @@ impl LocalFile {
         skipped: Vec<Skipped>,
         opts: SaveOptions,
     ) -> Result<CreateReport> {
-        let mut creation = Creation::begin(self)?;
-        creation.claim(config)?;
+        // Fail early on a name that is taken; the commit checks again under the lock.
+        self.check_name_free(&config.name)?;
+        let creation = Creation::begin(self)?;
         // Declared after `creation`, so dropped first: moved files go back before the staging
         // dir that holds them is removed.
         let mut moved = MovedBack::default();
         let files = self.fill(src, names, &creation.staging, opts, &mut moved)?;
-        let id = creation.commit(&files, &mut moved)?;
+        let id = creation.commit(config, &files, &mut moved)?;
         moved.finish()?;
         Ok(CreateReport { id, files, skipped })
     }
 
     /// A new snapshot from a tar stream, raw, gzip or zstd.
     fn import_blocking(&self, input: TarStream, opts: &ImportOptions) -> Result<CreateReport> {
-        // Fail early on a name that is taken; `claim` checks again under the lock.
+        // Fail early on a name that is taken; the commit checks again under the lock.
         if let Some(name) = &opts.name {
-            let index = self.read_index()?;
-            if let Some(id) = index.names.get(name) {
-                return Err(Error::NameTaken {
-                    name: name.clone(),
-                    id: id.clone(),
-                });
-            }
+            self.check_name_free(name)?;
         }
-        let mut creation = Creation::begin(self)?;
+        let creation = Creation::begin(self)?;
         let input =
             compress::decompressor(input).map_err(|e| Error::io("read archive", &opts.label, e))?;
         let imported = import::read_tar(
@@ -393,13 +389,33 @@ impl LocalFile {
         if let Some(description) = &opts.description {
             config.description = description.clone();
         }
-        creation.claim(config)?;
-        let id = creation.commit(&imported.files, &mut MovedBack::default())?;
+        let id = creation.commit(config, &imported.files, &mut MovedBack::default())?;
         Ok(CreateReport {
             id,
             files: imported.files,
             skipped: Vec::new(),
         })
+    }
+
+    /// [`Error::NameTaken`] when a snapshot holds `name`; an empty name is never taken.
+    fn check_name_free(&self, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Ok(());
+        }
+        let layout = self.layout();
+        let _lock = IndexLock::acquire(&layout.index_lock(), false)?;
+        // Kept in the cache, so the commit does not parse the index again.
+        let holder = self
+            .inner
+            .index
+            .with(&layout.index_file(), |index| index.names.get(name).cloned())?;
+        match holder {
+            Some(id) => Err(Error::NameTaken {
+                name: name.to_string(),
+                id,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Puts `names` from `src` into the empty dir `staging` as `opts` says.
@@ -692,23 +708,22 @@ pub(crate) fn remove_traces(layout: &Layout, id: &SnapshotId, leased: bool) -> R
     Ok(())
 }
 
-/// A snapshot being created: its ID, its build lease, its staging dir, and (once claimed) its
-/// pending record. Dropped before [`Creation::commit`], it removes all of them.
+/// A snapshot being created: its ID, its build lease and its staging dir. Dropped before
+/// [`Creation::commit`] succeeds, it removes all of them.
 struct Creation<'a> {
     store: &'a LocalFile,
     id: SnapshotId,
     staging: PathBuf,
-    // Fields drop in this order: files first, then the record, then the lease file, and the
-    // lease itself last, so no one can take the lease while anything of it remains.
+    // Fields drop in this order: files first, then the lease file, and the lease itself last, so
+    // no one can take the lease while anything of it remains.
     cleanup: Cleanup,
-    pending: Option<PendingRecord<'a>>,
     lease_file: Cleanup,
     _build: Lease,
 }
 
 impl<'a> Creation<'a> {
-    /// A fresh ID, its exclusive lease (held while the snapshot is pending: gc sees a live
-    /// creator by it), and an empty staging dir on the store's filesystem.
+    /// A fresh ID, its exclusive lease (held until the commit: gc sees a live creator by it, and
+    /// leaves its staging dir alone), and an empty staging dir on the store's filesystem.
     fn begin(store: &'a LocalFile) -> Result<Creation<'a>> {
         let layout = store.layout();
         let id = SnapshotId::generate()?;
@@ -727,94 +742,64 @@ impl<'a> Creation<'a> {
             id,
             staging,
             cleanup,
-            pending: None,
             lease_file,
             _build: build,
         })
     }
 
-    /// Writes the pending record, claiming the name.
+    /// Makes the staged files read-only and durable, then, under the exclusive index lock:
+    /// claims the name, renames the staging dir into place, and writes the complete record in
+    /// one atomic index write; the sidecar, written beforehand, is renamed into place last.
+    ///
+    /// A crash before the index write leaves a staging or data dir that no record names and no
+    /// sidecar claims, which gc removes; after it, a complete snapshot.
     ///
     /// # Errors
-    /// [`Error::NameTaken`].
-    fn claim(&mut self, mut config: Config) -> Result<()> {
-        config.id = self.id.to_string();
-        let record = Record {
-            config,
-            created_at: gotime::now(),
-            data_dir: self.store.layout().data_dir(&self.id).display().to_string(),
-            size_bytes: 0,
-            pending: true,
-            last_accessed_at: None,
-            extra: serde_json::Map::new(),
-        };
-        let id = self.id.clone();
-        self.store.update_index(|index| index.insert(id, record))?;
-        self.pending = Some(PendingRecord {
-            store: self.store,
-            id: self.id.clone(),
-        });
-        Ok(())
-    }
-
-    /// Makes the staged files read-only and durable, renames the staging dir into place, and
-    /// marks the record complete.
-    fn commit(mut self, files: &[FileReport], moved: &mut MovedBack) -> Result<SnapshotId> {
+    /// [`Error::NameTaken`], [`Error::Io`]; either way nothing of the snapshot remains.
+    fn commit(
+        mut self,
+        mut config: Config,
+        files: &[FileReport],
+        moved: &mut MovedBack,
+    ) -> Result<SnapshotId> {
         let layout = self.store.layout();
         for file in files {
             fsutil::set_mode(&self.staging.join(&file.name), fsutil::READ_ONLY)?;
         }
         fsutil::fsync_dir(&self.staging)?;
+
+        config.id = self.id.to_string();
+        let now = gotime::now();
+        let record = Record {
+            config,
+            created_at: now,
+            data_dir: layout.data_dir(&self.id).display().to_string(),
+            size_bytes: files.iter().map(|f| f.bytes).sum(),
+            pending: false,
+            last_accessed_at: Some(now),
+            extra: serde_json::Map::new(),
+        };
+        let sizes = files.iter().map(|f| (f.name.as_str(), f.bytes));
+        let sidecar = Sidecar::new(record.clone(), sizes).stage(&layout.sidecar_file(&self.id))?;
+
+        let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
+        let cache = &self.store.inner.index;
+        let mut index = cache.take(&layout.index_file())?;
+        index.insert(self.id.clone(), record)?;
         let data_dir = layout.data_dir(&self.id);
         fsutil::rename(&self.staging, &data_dir)?;
         self.cleanup.push(data_dir.clone());
         moved.relocate(&self.staging, &data_dir);
         fsutil::fsync_dir(&layout.data_root())?;
         fsutil::fsync_dir(&layout.staging_root())?;
-
-        let size_bytes = files.iter().map(|f| f.bytes).sum();
-        let id = self.id.clone();
-        let sidecar = layout.sidecar_file(&id);
-        self.cleanup.push(sidecar.clone());
-        self.store.update_index(|index| {
-            let record = index.get_mut(&id)?.ok_or_else(|| Error::NotFound {
-                reference: id.to_string(),
-            })?;
-            record.pending = false;
-            record.size_bytes = size_bytes;
-            record.last_accessed_at = Some(gotime::now());
-            let sizes = files.iter().map(|f| (f.name.as_str(), f.bytes));
-            Sidecar::new(record.clone(), sizes).write(&sidecar)
-        })?;
-        if let Some(pending) = self.pending.take() {
-            pending.disarm();
-        }
+        cache.save(&layout.index_file(), index)?;
         std::mem::take(&mut self.cleanup).disarm();
         std::mem::take(&mut self.lease_file).disarm();
+        // The snapshot is complete. A sidecar that cannot be renamed into place (an I/O error
+        // between two renames in one directory) leaves it without its redundant copy, which
+        // fsck reports and `fsck --repair` writes again; failing the save now would be a lie.
+        let _ = sidecar.commit();
         Ok(self.id.clone())
-    }
-}
-
-/// Removes a pending record (and frees its name) unless disarmed.
-struct PendingRecord<'a> {
-    store: &'a LocalFile,
-    id: SnapshotId,
-}
-
-impl PendingRecord<'_> {
-    fn disarm(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for PendingRecord<'_> {
-    fn drop(&mut self) {
-        // If this fails too, the pending record stays; it is never listed, and gc removes it
-        // once this process (whose build lease marks it live) is gone.
-        let _ = self.store.update_index(|index| {
-            index.remove(&self.id);
-            Ok(())
-        });
     }
 }
 

@@ -6,9 +6,10 @@
 //!   "files": [ { "name": "disk.raw", "bytes": 8589934592 }, { "name": "mem", "bytes": 1073741824 } ] }
 //! ```
 //!
-//! Written atomically at commit, under the index lock, before the record is marked complete;
-//! removed first by `rm`, so a data dir without a record but with a sidecar means a lost index,
-//! never a half-done delete. fsck rebuilds the index from sidecars.
+//! Written durably to a temp file before a snapshot is committed, and renamed into place under
+//! the index lock just after the index names the snapshot; removed first by `rm`. So a data dir
+//! without a record but with a sidecar means a lost index, never a half-done save or delete.
+//! fsck rebuilds the index from sidecars.
 
 use std::path::Path;
 
@@ -60,10 +61,16 @@ impl Sidecar {
 
     /// Writes the sidecar at `path` atomically and durably.
     pub(crate) fn write(&self, path: &Path) -> Result<()> {
+        self.stage(path)?.commit()
+    }
+
+    /// Writes the sidecar durably beside `path`, to be renamed into place by
+    /// [`fsutil::Staged::commit`].
+    pub(crate) fn stage(&self, path: &Path) -> Result<fsutil::Staged> {
         let mut bytes = serde_json::to_vec(self)
             .map_err(|e| Error::io("serialize", path, std::io::Error::other(e)))?;
         bytes.push(b'\n');
-        fsutil::write_atomic(path, &bytes, SIDECAR_MODE)
+        fsutil::Staged::write(path, &bytes, SIDECAR_MODE, true)
     }
 
     /// Reads the sidecar at `path`.
