@@ -136,7 +136,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         .build()?;
     let root = cli.root.unwrap_or_else(Layout::default_root);
     let open = || LocalFile::open(&root);
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Save(args) => save::run(with_bar(open()?, out, "saving"), args, out).await,
             Command::List => list::run(&open()?, out).await,
@@ -156,7 +156,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Demo(args) => demo::run(args, out).await,
             Command::Bench(args) => bench::run(args, out).await,
         }
-    })
+    });
+    // Whatever the command awaited is done. Dropping the runtime would join its idle blocking
+    // thread (0.7 ms, a fifth of a reflink clone), or, after Ctrl-C, wait for the work it was
+    // interrupting to finish; the process is about to exit either way.
+    runtime.shutdown_background();
+    result
 }
 
 /// The store, counting the bytes it moves into a progress bar that lives as long as it does.
