@@ -135,7 +135,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()?;
     let root = cli.root.unwrap_or_else(Layout::default_root);
-    let open = || LocalFile::open(&root);
+    // One operation per process, awaited at once: it runs on this thread, not handed to another
+    // and back. Except a tar export, which must stay interruptible (Ctrl-C removes its output).
+    let open = || LocalFile::open(&root).map(|store| store.on_calling_thread());
+    let open_interruptible = || LocalFile::open(&root);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Save(args) => save::run(with_bar(open()?, out, "saving"), args, out).await,
@@ -144,7 +147,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Rm(args) => rm::run(&open()?, args, out).await,
             Command::Clone(args) => clone::run(with_bar(open()?, out, "cloning"), args, out).await,
             Command::Export(args) => {
-                export::run(with_bar(open()?, out, "exporting"), args, out).await
+                let store = with_bar(open_interruptible()?, out, "exporting");
+                export::run(store, args, out).await
             }
             Command::Import(args) => {
                 import::run(with_bar(open()?, out, "importing"), args, out).await

@@ -2,7 +2,9 @@
 //! [`Direct`] access to a data dir under a lease, and the [`DirectoryExporter`].
 //!
 //! Every method runs its whole operation inside one `spawn_blocking`, so the filesystem work
-//! never blocks an async worker thread. [`LocalFile`] implements them all over a root directory.
+//! never blocks an async worker thread (unless the store was made with
+//! [`LocalFile::on_calling_thread`], for programs that run one operation at a time).
+//! [`LocalFile`] implements them all over a root directory.
 
 mod layout;
 mod lease;
