@@ -4,12 +4,12 @@
 //! Every figure is the whole-process wall time of a command (snapstore itself is run as a
 //! process, like `cp` and `tar`), over `--runs` runs (at least 20 for a command under 0.1 s):
 //! median, min, max; each snapstore median is printed as a ratio to its counterpart's (below 1 is
-//! faster). Clean-up between runs, and a `sync` so that no run pays for the previous one's
-//! writeback, are not timed. What snapstore writes into the store (save, import) it fsyncs, and
-//! cp and tar do not: there a durable variant of the baseline (`&& sync -f`) is timed too. What
-//! it writes out (clone, export) it leaves to writeback as cp does, unless `--sync`, which is
-//! timed against the durable baseline. `--scratch-fs` makes loop-mounted images (root only) and
-//! removes them afterwards, also on Ctrl-C or SIGTERM.
+//! faster), the two timed in turn, run for run. Clean-up between runs, and a `sync` so that no
+//! run pays for the previous one's writeback, are not timed. What snapstore writes into the store
+//! (save, import) it fsyncs, and cp and tar do not: there a durable variant of the baseline (`&&
+//! sync -f`) is timed too. What it writes out (clone, export) it leaves to writeback as cp does,
+//! unless `--sync`, which is timed against the durable baseline. `--scratch-fs` makes
+//! loop-mounted images (root only) and removes them afterwards, also on Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -230,6 +230,18 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         }
         Ok(Some((label, time(runs, prepare, command)?)))
     };
+    // snapstore and its counterpart, timed in turn.
+    let versus = |ours: Spec<'_>,
+                  label: String,
+                  theirs: Spec<'_>|
+     -> Result<(Stats, Option<(String, Stats)>)> {
+        let program = (theirs.1)().get_program().to_string_lossy().into_owned();
+        if !installed(&program) {
+            return Ok((time(runs, ours.0, ours.1)?, None));
+        }
+        let stats = time_all(runs, &[ours, theirs])?;
+        Ok((stats[0], Some((label, stats[1]))))
+    };
 
     // What a user would run to make a copy durable: snapstore fsyncs what it saves, and what it
     // clones or exports with --sync; cp leaves it all to writeback.
@@ -250,12 +262,13 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     })?;
 
     // save
-    let ours = timed(&|| drop(snap(&["rm", "bench-save"]).output()), &|| {
-        snap(&["save", "--from-dir", p(&src), "--name", "bench-save"])
-    })?;
-    let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
-        cp(&src, cp_flag)
-    })?;
+    let (ours, base) = versus(
+        (&|| drop(snap(&["rm", "bench-save"]).output()), &|| {
+            snap(&["save", "--from-dir", p(&src), "--name", "bench-save"])
+        }),
+        format!("cp -a {cp_flag}"),
+        (&|| clean(&[&theirs]), &|| cp(&src, cp_flag)),
+    )?;
     let saved = methods(&output(snap(&[
         "--json",
         "save",
@@ -268,12 +281,13 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     row("save", ours, durable.clone(), String::new());
 
     // clone
-    let ours = timed(&|| clean(&[&dst]), &|| {
-        snap(&["clone", "bench", "--to-dir", p(&dst)])
-    })?;
-    let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
-        cp(&data, cp_flag)
-    })?;
+    let (ours, base) = versus(
+        (&|| clean(&[&dst]), &|| {
+            snap(&["clone", "bench", "--to-dir", p(&dst)])
+        }),
+        format!("cp -a {cp_flag}"),
+        (&|| clean(&[&theirs]), &|| cp(&data, cp_flag)),
+    )?;
     clean(&[&dst]);
     let cloned = methods(&output(snap(&[
         "--json",
@@ -325,12 +339,13 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     drop(snap(&["rm", "bench-big"]).output());
 
     // export --to-dir
-    let ours = timed(&|| clean(&[&dst]), &|| {
-        snap(&["export", "bench", "--to-dir", p(&dst)])
-    })?;
-    let base = baseline(format!("cp -a {cp_flag}"), &|| clean(&[&theirs]), &|| {
-        cp(&data, cp_flag)
-    })?;
+    let (ours, base) = versus(
+        (&|| clean(&[&dst]), &|| {
+            snap(&["export", "bench", "--to-dir", p(&dst)])
+        }),
+        format!("cp -a {cp_flag}"),
+        (&|| clean(&[&theirs]), &|| cp(&data, cp_flag)),
+    )?;
     let (got, had) = (allocated(&dst), allocated(&data));
     row(
         "export --to-dir",
@@ -351,13 +366,12 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     // tar export, raw
     let ours_tar = dir.join("ours.tar");
     let gnu_tar = dir.join("gnu.tar");
-    let ours = timed(&|| clean(&[&ours_tar]), &|| {
-        snap(&["export", "bench", "-o", p(&ours_tar)])
-    })?;
-    let base = baseline(
+    let (ours, base) = versus(
+        (&|| clean(&[&ours_tar]), &|| {
+            snap(&["export", "bench", "-o", p(&ours_tar)])
+        }),
         "tar --sparse --format=posix -c".into(),
-        &|| clean(&[&gnu_tar]),
-        &|| {
+        (&|| clean(&[&gnu_tar]), &|| {
             let mut c = Command::new("tar");
             c.args(["--sparse", "--format=posix", "-cf"])
                 .arg(&gnu_tar)
@@ -365,7 +379,7 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
                 .arg(&data)
                 .arg(".");
             c
-        },
+        }),
     )?;
     let data_bytes: u64 = workload.memory + workload.disk_data + 64;
     let archive = std::fs::metadata(&ours_tar).map(|m| m.len()).unwrap_or(0);
@@ -382,20 +396,22 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     );
 
     // tar import
-    let ours = timed(&|| drop(snap(&["rm", "bench-import"]).output()), &|| {
-        snap(&["import", p(&ours_tar), "--name", "bench-import"])
-    })?;
-    let base = baseline(
+    let (ours, base) = versus(
+        (&|| drop(snap(&["rm", "bench-import"]).output()), &|| {
+            snap(&["import", p(&ours_tar), "--name", "bench-import"])
+        }),
         "tar -x (of its own archive)".into(),
-        &|| {
-            clean(&[&theirs]);
-            let _ = std::fs::create_dir(&theirs);
-        },
-        &|| {
-            let mut c = Command::new("tar");
-            c.arg("-xf").arg(&gnu_tar).arg("-C").arg(&theirs);
-            c
-        },
+        (
+            &|| {
+                clean(&[&theirs]);
+                let _ = std::fs::create_dir(&theirs);
+            },
+            &|| {
+                let mut c = Command::new("tar");
+                c.arg("-xf").arg(&gnu_tar).arg("-C").arg(&theirs);
+                c
+            },
+        ),
     )?;
     row(
         "import (tar)",
@@ -425,23 +441,27 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
 
     // gzip and zstd exports
     let gz = dir.join("ours.tar.gz");
-    let ours_gz = timed(&|| clean(&[&gz]), &|| {
+    let ours_gzip: Spec<'_> = (&|| clean(&[&gz]), &|| {
         snap(&["export", "bench", "--gzip", "-o", p(&gz)])
-    })?;
+    });
     let gnu_gz = dir.join("gnu.tar.gz");
     let pipeline = format!(
         "tar --sparse --format=posix -cf - -C '{}' . | gzip -1 > '{}'",
         data.display(),
         gnu_gz.display()
     );
-    let base = if installed("gzip") {
-        baseline("tar ... | gzip -1".into(), &|| clean(&[&gnu_gz]), &|| {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(&pipeline);
-            c
-        })?
+    let (ours_gz, base) = if installed("gzip") {
+        versus(
+            ours_gzip,
+            "tar ... | gzip -1".into(),
+            (&|| clean(&[&gnu_gz]), &|| {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(&pipeline);
+                c
+            }),
+        )?
     } else {
-        None
+        (time(runs, ours_gzip.0, ours_gzip.1)?, None)
     };
     let sizes = |a: &Path, b: &Path| {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -460,29 +480,31 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     );
 
     // rm
-    let ours = timed(
-        &|| {
-            drop(output(snap(&[
-                "save",
-                "--from-dir",
-                p(&src),
-                "--name",
-                "bench-rm",
-            ])))
-        },
-        &|| snap(&["rm", "bench-rm"]),
-    )?;
-    let base = baseline(
+    let (ours, base) = versus(
+        (
+            &|| {
+                drop(output(snap(&[
+                    "save",
+                    "--from-dir",
+                    p(&src),
+                    "--name",
+                    "bench-rm",
+                ])))
+            },
+            &|| snap(&["rm", "bench-rm"]),
+        ),
         "rm -rf (of a cp -a copy)".into(),
-        &|| {
-            clean(&[&theirs]);
-            let _ = cp(&src, cp_flag).output();
-        },
-        &|| {
-            let mut c = Command::new("rm");
-            c.arg("-rf").arg(&theirs);
-            c
-        },
+        (
+            &|| {
+                clean(&[&theirs]);
+                let _ = cp(&src, cp_flag).output();
+            },
+            &|| {
+                let mut c = Command::new("rm");
+                c.arg("-rf").arg(&theirs);
+                c
+            },
+        ),
     )?;
     row("rm", ours, base, String::new());
     clean(&[&dst, &theirs]);
@@ -565,29 +587,49 @@ fn bench_index(dir: &Path, count: usize, runs: u32) -> Result<Vec<Row>> {
 const QUICK: f64 = 0.1;
 const QUICK_RUNS: u32 = 20;
 
+/// A command to time, and what to do, untimed, before each run of it.
+type Spec<'a> = (&'a dyn Fn(), &'a dyn Fn() -> Command);
+
 /// Times `runs` runs of `command` (at least [`QUICK_RUNS`] for a quick one), each after an
 /// untimed `prepare`.
 fn time(runs: u32, prepare: &dyn Fn(), command: &dyn Fn() -> Command) -> Result<Stats> {
-    let mut times = Vec::with_capacity(runs as usize);
-    let mut wanted = runs.max(1);
-    while times.len() < wanted as usize {
-        prepare();
-        // Untimed: no run pays for the writeback of the one before it.
-        let _ = Command::new("sync").status();
-        let start = Instant::now();
-        output(command())?;
-        let took = start.elapsed().as_secs_f64();
-        if times.is_empty() && took < QUICK {
-            wanted = wanted.max(QUICK_RUNS);
+    let mut stats = time_all(runs, &[(prepare, command)])?;
+    stats.pop().context("no figure")
+}
+
+/// Times the commands of `specs` in turn, run for run (a b a b ...), so that each sees the same
+/// machine: on a shared host, background work comes and goes in seconds, and would favour
+/// whichever series ran in a quiet moment. `runs` rounds, at least [`QUICK_RUNS`] when the
+/// first round is quick.
+fn time_all(runs: u32, specs: &[Spec<'_>]) -> Result<Vec<Stats>> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); specs.len()];
+    let mut rounds = runs.max(1);
+    let mut round = 0;
+    while round < rounds {
+        for ((prepare, command), times) in specs.iter().zip(&mut times) {
+            prepare();
+            // Untimed: no run pays for the writeback of the one before it.
+            let _ = Command::new("sync").status();
+            let start = Instant::now();
+            output(command())?;
+            times.push(start.elapsed().as_secs_f64());
         }
-        times.push(took);
+        if round == 0 && times.iter().flatten().all(|&t| t < QUICK) {
+            rounds = rounds.max(QUICK_RUNS);
+        }
+        round += 1;
     }
-    times.sort_by(f64::total_cmp);
-    Ok(Stats {
-        median: times[times.len() / 2],
-        min: times[0],
-        max: times[times.len() - 1],
-    })
+    Ok(times
+        .into_iter()
+        .map(|mut times| {
+            times.sort_by(f64::total_cmp);
+            Stats {
+                median: times[times.len() / 2],
+                min: times[0],
+                max: times[times.len() - 1],
+            }
+        })
+        .collect())
 }
 
 /// Runs a command to completion; its stdout, or an error with its stderr.
@@ -749,5 +791,26 @@ impl Drop for Scratch {
         if let Some(dir) = self.img.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn commands_are_timed_in_turn_and_quick_ones_often() {
+        let order = RefCell::new(String::new());
+        let (a, b) = (|| order.borrow_mut().push('a'), || order.borrow_mut().push('b'));
+        let quick = || Command::new("true");
+        let stats = time_all(2, &[(&a, &quick), (&b, &quick)]).unwrap();
+        assert_eq!(stats.len(), 2);
+        assert_eq!(*order.borrow(), "ab".repeat(QUICK_RUNS as usize));
+        for s in stats {
+            assert!(0.0 < s.min && s.min <= s.median && s.median <= s.max, "{s:?}");
+        }
+        // A command that fails is an error, not a figure.
+        assert!(time(1, &|| {}, &|| Command::new("false")).is_err());
     }
 }
