@@ -131,18 +131,32 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
         disk: args.disk,
         disk_data: args.disk_data,
     };
-    let mut targets: Vec<PathBuf> = args.dirs.clone();
-    for &fs in &args.scratch_fs {
-        out.note(format_args!("making a scratch {} filesystem", fs.name()));
-        let scratch = Scratch::mount(fs, &workload)?;
-        targets.push(scratch.mnt.clone());
-        lock(mounts).push(scratch);
+    /// Where one run goes: a directory given, or a scratch filesystem made for it.
+    enum Target {
+        Dir(PathBuf),
+        Scratch(ScratchFs),
     }
+    // Everything missing is said before the first run, not after it.
+    for &fs in &args.scratch_fs {
+        Scratch::check(fs)?;
+    }
+    let mut targets: Vec<Target> = args.dirs.iter().cloned().map(Target::Dir).collect();
+    targets.extend(args.scratch_fs.iter().copied().map(Target::Scratch));
     if targets.is_empty() {
-        targets.push(std::env::temp_dir());
+        targets.push(Target::Dir(std::env::temp_dir()));
     }
     let mut rows = Vec::new();
     for target in targets {
+        let target = match target {
+            Target::Dir(dir) => dir,
+            Target::Scratch(fs) => {
+                out.note(format_args!("making a scratch {} filesystem", fs.name()));
+                let scratch = Scratch::mount(fs, &workload)?;
+                let mnt = scratch.mnt.clone();
+                lock(mounts).push(scratch);
+                mnt
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("snapstore-bench-")
             .tempdir_in(&target)
@@ -151,6 +165,10 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
         if args.index_snapshots > 0 {
             rows.extend(bench_index(dir.path(), args.index_snapshots, args.runs)?);
         }
+        drop(dir);
+        // A scratch filesystem goes before the next is made: the background work of deleting
+        // what its run made (btrfs's cleaner, XFS's inode GC) would fall on the next one's timings.
+        lock(mounts).clear();
     }
     Ok(rows)
 }
@@ -729,9 +747,10 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn mount(fs: ScratchFs, workload: &Workload) -> Result<Scratch> {
+    /// Fails, saying what is missing, unless a scratch `fs` can be made here.
+    fn check(fs: ScratchFs) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let (mkfs, flags, package) = fs.mkfs();
+        let (mkfs, _, package) = fs.mkfs();
         // /proc/self belongs to the process's effective user.
         if std::fs::metadata("/proc/self")
             .map(|m| m.uid())
@@ -749,6 +768,12 @@ impl Scratch {
                 fs.name()
             );
         }
+        Ok(())
+    }
+
+    fn mount(fs: ScratchFs, workload: &Workload) -> Result<Scratch> {
+        Scratch::check(fs)?;
+        let (mkfs, flags, _) = fs.mkfs();
         let base = std::env::var_os("SNAPSTORE_SCRATCH_DIR")
             .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
         let dir = tempfile::Builder::new()
@@ -802,13 +827,19 @@ mod tests {
     #[test]
     fn commands_are_timed_in_turn_and_quick_ones_often() {
         let order = RefCell::new(String::new());
-        let (a, b) = (|| order.borrow_mut().push('a'), || order.borrow_mut().push('b'));
+        let (a, b) = (
+            || order.borrow_mut().push('a'),
+            || order.borrow_mut().push('b'),
+        );
         let quick = || Command::new("true");
         let stats = time_all(2, &[(&a, &quick), (&b, &quick)]).unwrap();
         assert_eq!(stats.len(), 2);
         assert_eq!(*order.borrow(), "ab".repeat(QUICK_RUNS as usize));
         for s in stats {
-            assert!(0.0 < s.min && s.min <= s.median && s.median <= s.max, "{s:?}");
+            assert!(
+                0.0 < s.min && s.min <= s.median && s.median <= s.max,
+                "{s:?}"
+            );
         }
         // A command that fails is an error, not a figure.
         assert!(time(1, &|| {}, &|| Command::new("false")).is_err());
