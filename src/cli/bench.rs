@@ -298,14 +298,17 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     row("save", ours, base, saved);
     row("save", ours, durable.clone(), String::new());
 
-    // clone
-    let (ours, base) = versus(
-        (&|| clean(&[&dst]), &|| {
-            snap(&["clone", "bench", "--to-dir", p(&dst)])
-        }),
-        format!("cp -a {cp_flag}"),
-        (&|| clean(&[&theirs]), &|| cp(&data, cp_flag)),
-    )?;
+    // clone, and export --to-dir below: `snapstore COMMAND bench --to-dir` against cp of the data.
+    let against_cp = |command: &str| {
+        versus(
+            (&|| clean(&[&dst]), &|| {
+                snap(&[command, "bench", "--to-dir", p(&dst)])
+            }),
+            format!("cp -a {cp_flag}"),
+            (&|| clean(&[&theirs]), &|| cp(&data, cp_flag)),
+        )
+    };
+    let (ours, base) = against_cp("clone")?;
     clean(&[&dst]);
     let cloned = methods(&output(snap(&[
         "--json",
@@ -357,13 +360,7 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     drop(snap(&["rm", "bench-big"]).output());
 
     // export --to-dir
-    let (ours, base) = versus(
-        (&|| clean(&[&dst]), &|| {
-            snap(&["export", "bench", "--to-dir", p(&dst)])
-        }),
-        format!("cp -a {cp_flag}"),
-        (&|| clean(&[&theirs]), &|| cp(&data, cp_flag)),
-    )?;
+    let (ours, base) = against_cp("export")?;
     let (got, had) = (allocated(&dst), allocated(&data));
     row(
         "export --to-dir",
