@@ -304,9 +304,6 @@ pub(crate) fn parallel<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    if items.len() <= 1 {
-        return items.iter().map(f).collect();
-    }
     let workers = cores().min(items.len());
     if workers <= 1 {
         return items.iter().map(f).collect();
