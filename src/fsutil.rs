@@ -253,6 +253,19 @@ mod tests {
     }
 
     #[test]
+    fn staged_content_shows_only_once_committed_and_leaves_nothing_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ID.json");
+        let staged = Staged::write(&path, b"new", 0o644, true).unwrap();
+        assert!(!path.exists(), "not in place before the commit");
+        staged.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        drop(Staged::write(&path, b"newer", 0o644, true).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file gone");
+    }
+
+    #[test]
     fn cleanup_removes_unless_disarmed() {
         let dir = tempfile::tempdir().unwrap();
         let keep = dir.path().join("keep");
