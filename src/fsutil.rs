@@ -262,7 +262,11 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"new");
         drop(Staged::write(&path, b"newer", 0o644, true).unwrap());
         assert_eq!(fs::read(&path).unwrap(), b"new");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file gone");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file gone"
+        );
     }
 
     #[test]
