@@ -308,6 +308,11 @@ impl Pass<'_> {
         self.gone.push((id.clone(), matches!(claim, Claim::Held)));
     }
 
+    /// The snapshots this pass has already dropped from the index.
+    fn gone_ids(&self) -> HashSet<SnapshotId> {
+        self.gone.iter().map(|(id, _)| id.clone()).collect()
+    }
+
     fn removal(&mut self, kind: Leftover, path: PathBuf) {
         self.report.removed.push(Removal { kind, path });
     }
@@ -336,7 +341,7 @@ impl Pass<'_> {
     /// Data dirs, leases and sidecars without a record, and interrupted sidecar writes.
     fn data_root(&mut self, index: &Index) -> Result<()> {
         let root = self.layout.data_root();
-        let gone: HashSet<SnapshotId> = self.gone.iter().map(|(id, _)| id.clone()).collect();
+        let gone = self.gone_ids();
         for (name, meta) in fsutil::list_dir(&root)? {
             let Some(name) = name.to_str() else { continue };
             let path = root.join(name);
@@ -381,7 +386,7 @@ impl Pass<'_> {
     /// Staging dirs no creator holds, and old probe scratch files.
     fn staging(&mut self, index: &Index, grace: Duration) -> Result<()> {
         let root = self.layout.staging_root();
-        let gone: HashSet<SnapshotId> = self.gone.iter().map(|(id, _)| id.clone()).collect();
+        let gone = self.gone_ids();
         for (name, meta) in fsutil::list_dir(&root)? {
             let Some(name) = name.to_str() else { continue };
             let path = root.join(name);
