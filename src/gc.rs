@@ -313,6 +313,12 @@ impl Pass<'_> {
         self.gone.iter().map(|(id, _)| id.clone()).collect()
     }
 
+    /// Reports `path` as a leftover of `kind`, removed after the index is saved (unless a dry run).
+    fn remove(&mut self, kind: Leftover, path: PathBuf) {
+        self.paths.push(path.clone());
+        self.removal(kind, path);
+    }
+
     fn removal(&mut self, kind: Leftover, path: PathBuf) {
         self.report.removed.push(Removal { kind, path });
     }
@@ -346,8 +352,7 @@ impl Pass<'_> {
             let Some(name) = name.to_str() else { continue };
             let path = root.join(name);
             if name.starts_with(TEMP_PREFIX) {
-                self.paths.push(path.clone());
-                self.removal(Leftover::TempFile, path);
+                self.remove(Leftover::TempFile, path);
                 continue;
             }
             let (stem, kind) = if meta.is_dir() {
@@ -377,8 +382,7 @@ impl Pass<'_> {
                 Claim::Busy => continue,
                 Claim::Held | Claim::NoFile => {}
             }
-            self.paths.push(path.clone());
-            self.removal(kind, path);
+            self.remove(kind, path);
         }
         Ok(())
     }
@@ -398,8 +402,7 @@ impl Pass<'_> {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > grace);
                 if old {
-                    self.paths.push(path.clone());
-                    self.removal(Leftover::TempFile, path);
+                    self.remove(Leftover::TempFile, path);
                 }
                 continue;
             }
@@ -415,8 +418,7 @@ impl Pass<'_> {
                 Claim::Busy => continue,
                 Claim::Held | Claim::NoFile => {}
             }
-            self.paths.push(path.clone());
-            self.removal(Leftover::StagingDir, path);
+            self.remove(Leftover::StagingDir, path);
         }
         Ok(())
     }
@@ -426,8 +428,7 @@ impl Pass<'_> {
         for (name, _) in fsutil::list_dir(dir)? {
             if name.to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
                 let path = dir.join(name);
-                self.paths.push(path.clone());
-                self.removal(Leftover::TempFile, path);
+                self.remove(Leftover::TempFile, path);
             }
         }
         Ok(())
