@@ -20,7 +20,7 @@ pub fn import_tar(bytes: &[u8], staging: &Path) -> Result<()> {
     let input = compress::decompressor(Box::new(bytes))
         .map_err(|e| crate::Error::io("read archive", label, e))?;
     let progress = crate::Progress::default();
-    import::read_tar(input, label, staging, FUZZ_MAX_FILE_SIZE, &progress).map(drop)
+    import::read_tar(input, label, staging, FUZZ_MAX_FILE_SIZE, false, &progress).map(drop)
 }
 
 /// Parses `bytes` as an index and as an envelope; what parses must survive a write and a read.

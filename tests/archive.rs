@@ -527,6 +527,8 @@ async fn export_then_import_round_trips_in_every_format() {
             let name = format!("{compression:?}-{sparse_format:?}");
             let opts = ImportOptions {
                 name: Some(name.clone()),
+                // Both paths: files made durable on the writeback thread, and left to writeback.
+                sync: sparse_format == SparseFormat::Cocoon,
                 ..ImportOptions::default()
             };
             let report = s

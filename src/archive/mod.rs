@@ -54,6 +54,12 @@ pub struct ImportOptions {
     pub max_file_size: u64,
     /// What to call the archive in errors: its path, or `<stdin>`.
     pub label: std::path::PathBuf,
+    /// Fsync every file before the index names the snapshot (the default), so a power loss
+    /// cannot leave a listed snapshot with data missing. Off, the import leaves its files to
+    /// writeback as `tar -x` does: faster where the disk is slower than the parse, and safe only
+    /// for a store that can lose what a crash catches in flight (a scratch or CI store), or a
+    /// caller that syncs the filesystem itself before relying on it.
+    pub sync: bool,
 }
 
 impl Default for ImportOptions {
@@ -63,6 +69,7 @@ impl Default for ImportOptions {
             description: None,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             label: std::path::PathBuf::from("<archive stream>"),
+            sync: true,
         }
     }
 }

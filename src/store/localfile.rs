@@ -415,6 +415,7 @@ impl LocalFile {
             &opts.label,
             &creation.staging,
             opts.max_file_size,
+            opts.sync,
             &self.progress,
         )?;
         let mut config = imported.envelope.config;
