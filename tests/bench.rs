@@ -55,6 +55,7 @@ fn check(rows: &[Value], fs: &str) {
         "export --to-dir --sync",
         "export (tar)",
         "import (tar)",
+        "import --no-sync (tar)",
         "export --gzip",
         "export --zstd",
         "rm",

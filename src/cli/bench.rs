@@ -411,22 +411,23 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
     );
 
     // tar import
+    let untar: Spec<'_> = (
+        &|| {
+            clean(&[&theirs]);
+            let _ = std::fs::create_dir(&theirs);
+        },
+        &|| {
+            let mut c = Command::new("tar");
+            c.arg("-xf").arg(&gnu_tar).arg("-C").arg(&theirs);
+            c
+        },
+    );
     let (ours, base) = versus(
         (&|| drop(snap(&["rm", "bench-import"]).output()), &|| {
             snap(&["import", p(&ours_tar), "--name", "bench-import"])
         }),
         "tar -x (of its own archive)".into(),
-        (
-            &|| {
-                clean(&[&theirs]);
-                let _ = std::fs::create_dir(&theirs);
-            },
-            &|| {
-                let mut c = Command::new("tar");
-                c.arg("-xf").arg(&gnu_tar).arg("-C").arg(&theirs);
-                c
-            },
-        ),
+        untar,
     )?;
     row(
         "import (tar)",
@@ -453,6 +454,25 @@ fn bench_dir(dir: &Path, workload: &Workload, runs: u32, out: Output) -> Result<
         },
     )?;
     row("import (tar)", ours, base, String::new());
+    let (ours, base) = versus(
+        (&|| drop(snap(&["rm", "bench-import"]).output()), &|| {
+            snap(&[
+                "import",
+                "--no-sync",
+                p(&ours_tar),
+                "--name",
+                "bench-import",
+            ])
+        }),
+        "tar -x (of its own archive)".into(),
+        untar,
+    )?;
+    row(
+        "import --no-sync (tar)",
+        ours,
+        base,
+        "neither fsyncs".into(),
+    );
 
     // gzip and zstd exports
     let gz = dir.join("ours.tar.gz");
