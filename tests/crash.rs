@@ -92,7 +92,14 @@ impl Harness {
                 "--name".into(),
                 name,
             ],
-            Op::ImportTar => vec!["import".into(), s(&self.archive), "--name".into(), name],
+            Op::ImportTar => {
+                let mut args = vec!["import".into(), s(&self.archive), "--name".into(), name];
+                // Half of them leave the files to writeback: killed, they must be as atomic.
+                if self.serial % 2 == 0 {
+                    args.push("--no-sync".into());
+                }
+                args
+            }
             Op::Clone => vec!["clone".into(), target.into(), "--to-dir".into(), s(&out)],
             Op::ExportDir => vec!["export".into(), target.into(), "--to-dir".into(), s(&out)],
             Op::ExportTar => vec![
