@@ -95,7 +95,7 @@ impl Harness {
             Op::ImportTar => {
                 let mut args = vec!["import".into(), s(&self.archive), "--name".into(), name];
                 // Half of them leave the files to writeback: killed, they must be as atomic.
-                if self.serial % 2 == 0 {
+                if self.serial.is_multiple_of(2) {
                     args.push("--no-sync".into());
                 }
                 args
