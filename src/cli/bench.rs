@@ -7,9 +7,10 @@
 //! faster), the two timed in turn, run for run. Clean-up between runs, and a `sync` so that no
 //! run pays for the previous one's writeback, are not timed. What snapstore writes into the store
 //! (save, import) it fsyncs, and cp and tar do not: there a durable variant of the baseline (`&&
-//! sync -f`) is timed too. What it writes out (clone, export) it leaves to writeback as cp does,
-//! unless `--sync`, which is timed against the durable baseline. `--scratch-fs` makes
-//! loop-mounted images (root only) and removes them afterwards, also on Ctrl-C or SIGTERM.
+//! sync -f`) is timed too, and `import --no-sync` against the plain `tar -x`. What it writes out
+//! (clone, export) it leaves to writeback as cp does, unless `--sync`, which is timed against the
+//! durable baseline. `--scratch-fs` makes loop-mounted images (root only) and removes them
+//! afterwards, also on Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
