@@ -547,6 +547,43 @@ async fn export_then_import_round_trips_in_every_format() {
 }
 
 #[tokio::test]
+async fn an_import_is_on_disk_when_it_returns_unless_told_otherwise() {
+    let s = store();
+    s.saved("base", 8 * MIB, 64 * MIB, 8 * MIB).await;
+    let bytes = s.export("base", ExportOptions::default()).await;
+    let import = |name: &str, sync: bool| {
+        let opts = ImportOptions {
+            name: Some(name.to_string()),
+            sync,
+            ..ImportOptions::default()
+        };
+        s.import_opts(bytes.clone(), opts)
+    };
+    let unwritten = |id: &snapstore::SnapshotId| -> Option<u64> {
+        FILES
+            .iter()
+            .map(|f| common::unwritten_pages(&s.data(id).join(f)))
+            .sum()
+    };
+    let durable = import("durable", true).await.unwrap();
+    let Some(left) = unwritten(&durable.id) else {
+        eprintln!("SKIPPED: no cachestat(2) here, or a tmpfs");
+        return;
+    };
+    assert_eq!(
+        left, 0,
+        "pages of a durable import still dirty or in writeback"
+    );
+    // The witness sees what an fsync would have written: the same import, left to writeback,
+    // still holds its data in dirty pages (the kernel writes them back after 30 s).
+    let lazy = import("lazy", false).await.unwrap();
+    assert!(
+        unwritten(&lazy.id).unwrap() > 0,
+        "a --no-sync import was written back"
+    );
+}
+
+#[tokio::test]
 async fn streams_export_restore_and_compressed_export() {
     let s = store();
     let src = s.saved("base", MIB, 16 * MIB, MIB).await;

@@ -242,6 +242,20 @@ fn clone_export_import_round_trip_through_the_cli() {
     let out = tmp.path().join("out");
     ok(&root, &["export", "base", "--to-dir", s(&out), "--sync"]);
     assert!(out.join("snapshot.json").exists());
+    // The kernel's word that nothing was left for writeback: by the save, and by --sync.
+    let base = json(&ok(&root, &["inspect", "base"]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = root.join("snapshot/localfile").join(base);
+    for dir in [&stored, &tmp.path().join("run2"), &out] {
+        for name in ["config.json", "cow.raw", "memory-range-0", "state.json"] {
+            let path = dir.join(name);
+            if let Some(pages) = unwritten_pages(&path) {
+                assert_eq!(pages, 0, "{} still dirty", path.display());
+            }
+        }
+    }
     let id = ok(&root, &["import", "--from-dir", s(&out), "--name", "copy"]);
     assert_eq!(json(&ok(&root, &["inspect", "copy"]))["id"], id.trim());
 

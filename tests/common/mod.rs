@@ -442,3 +442,57 @@ pub fn config(name: &str) -> snapstore::Config {
         ..snapstore::Config::default()
     }
 }
+
+/// Pages of `path` in the page cache that are dirty or under writeback: what an fsync would
+/// still have to write, as the kernel counts it (cachestat(2), Linux 6.5+). `None` on a kernel
+/// without cachestat, or on tmpfs, where pages never go to a disk.
+#[allow(unsafe_code)] // one syscall the libc crate does not wrap on every target yet
+pub fn unwritten_pages(path: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // One number on every architecture but alpha (include/uapi/asm-generic/unistd.h).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let on_tmpfs =
+        nix::sys::statfs::statfs(path).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
+    if on_tmpfs {
+        return None;
+    }
+    let file = File::open(path).unwrap();
+    let range = Range { off: 0, len: 0 }; // a length of 0 runs to the end of the file
+    let mut stat = Stat::default();
+    // SAFETY: the fd is open for the duration of the call; `range` and `stat` are live,
+    // properly aligned #[repr(C)] structs laid out as the kernel's cachestat_range and cachestat.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ENOSYS),
+            "cachestat {}: {err}",
+            path.display()
+        );
+        return None;
+    }
+    Some(stat.nr_dirty + stat.nr_writeback)
+}
