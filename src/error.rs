@@ -88,6 +88,50 @@ pub enum Error {
         name: String,
     },
 
+    /// A pattern of immutable file names is not a valid shell glob.
+    #[error("invalid immutable file pattern {pattern:?}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What the glob parser said.
+        #[source]
+        source: globset::Error,
+    },
+
+    /// A sidecar (`R/snapshot/localfile/ID.json`) is not valid sidecar JSON.
+    #[error("malformed sidecar {}", .path.display())]
+    SidecarInvalid {
+        /// The sidecar file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A sidecar carries a version this snapstore does not know.
+    #[error("unsupported sidecar version {version} in {} (want 1)", .path.display())]
+    SidecarVersion {
+        /// The sidecar file.
+        path: PathBuf,
+        /// The version it carries.
+        version: u64,
+    },
+
+    /// A data file to clone or save is not a regular file (a symlink, a directory, a device).
+    #[error("{} is not a regular file", .path.display())]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// The OS's random number generator could not give the bytes of a new snapshot ID.
+    #[error("cannot read random bytes for a new snapshot ID")]
+    Random {
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+
     /// A config file is not valid config JSON (nor an envelope).
     #[error("malformed snapshot config {}", .path.display())]
     ConfigInvalid {

@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::index::{Index, IndexLock};
-use crate::store::Layout;
-use crate::store::sidecar::Sidecar;
+use crate::layout::Layout;
+use crate::layout::sidecar::Sidecar;
 use crate::types::{SnapshotId, gotime};
 
 /// What fsck found, and what it repaired.

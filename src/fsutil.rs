@@ -2,7 +2,9 @@
 //! removes what a failed operation created.
 //!
 //! Modelled on cargo's `cargo_util::paths`: "equivalent to `std::fs::X` with better error
-//! messages". Everything that touches a path in snapstore goes through here or `sys`.
+//! messages". The common path operations live here; the few places that call `std::fs`
+//! themselves (a rename that may cross filesystems, a best-effort cleanup) name the path in
+//! their error by hand with [`Error::io`]. Syscalls beyond `std::fs` live in `sys`.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::Write;

@@ -18,8 +18,8 @@ const FUZZ_MAX_FILE_SIZE: u64 = 1 << 30;
 pub fn import_tar(bytes: &[u8], staging: &Path) -> Result<()> {
     let label = Path::new("<fuzz input>");
     let input = compress::decompressor(Box::new(bytes))
-        .map_err(|e| crate::Error::io("read archive", label, e))?;
-    let progress = crate::Progress::default();
+        .map_err(|e| crate::error::Error::io("read archive", label, e))?;
+    let progress = crate::progress::Progress::default();
     import::read_tar(input, label, staging, FUZZ_MAX_FILE_SIZE, false, &progress).map(drop)
 }
 

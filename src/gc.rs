@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fsutil;
 use crate::index::{Index, IndexLock};
-use crate::store::{Layout, Lease, LocalFile, remove_traces};
+use crate::layout::{Layout, Lease};
 use crate::types::{SnapshotId, gotime};
 
 /// How long a pending record whose creator cannot be told apart from a live one is kept.
@@ -200,30 +200,6 @@ impl GcOrchestrator {
     }
 }
 
-/// The localfile store's collector.
-pub(crate) struct Collector {
-    pub(crate) store: LocalFile,
-}
-
-impl GcModule for Collector {
-    fn name(&self) -> &str {
-        "snapshot"
-    }
-
-    fn used_blob_ids(&self) -> Result<BTreeSet<String>> {
-        let mut index = self.store.read_index()?;
-        Ok(index
-            .records()?
-            .into_iter()
-            .flat_map(|(_, r)| r.config.image_blob_ids.keys().cloned())
-            .collect())
-    }
-
-    fn collect(&self, opts: &GcOptions) -> Result<GcReport> {
-        collect(self.store.layout(), opts)
-    }
-}
-
 /// One gc pass over the store at `layout`.
 pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
     let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
@@ -251,7 +227,7 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
             index.save(&layout.index_file())?;
         }
         for (id, leased) in &pass.gone {
-            remove_traces(layout, id, *leased)?;
+            layout.remove_traces(id, *leased)?;
         }
         for path in &pass.paths {
             fsutil::remove_all(path)?;

@@ -7,8 +7,10 @@
 //! then a copy that keeps holes.
 //!
 //! The on-disk layout and the index are those of cocoon's localfile snapshot backend, so
-//! snapstore can manage a cocoon root. Read the modules in order to see the whole design:
-//! types → index → resolve → envelope → clone ladder → store → archive → gc → fsck → du.
+//! snapstore can manage a cocoon root. Read the modules in order to see the whole design; each
+//! uses only those before it:
+//! types → index → resolve → envelope → layout → clone ladder → archive → gc → fsck → du →
+//! store (the façade over them all).
 //!
 //! ```no_run
 //! # async fn demo() -> snapstore::Result<()> {
@@ -37,12 +39,13 @@ mod fsutil;
 pub mod fuzzing;
 mod gc;
 mod index;
+mod layout;
 mod progress;
 mod resolve;
 mod store;
 #[doc(hidden)]
 pub mod synthetic;
-#[allow(unsafe_code)] // sync_file_range and FIEMAP, each with its SAFETY note
+#[allow(unsafe_code)] // sync_file_range, FIEMAP and mallopt, each with its SAFETY note
 mod sys;
 mod types;
 mod units;
@@ -61,12 +64,14 @@ pub use crate::fsck::{FsckReport, Problem, ProblemKind};
 pub use crate::gc::{
     DEFAULT_GRACE, Eviction, GcModule, GcOptions, GcOrchestrator, GcReport, Leftover, Removal,
 };
+pub use crate::layout::{Layout, Lease};
 pub use crate::progress::Progress;
 pub use crate::store::{
     ACCESS_RESOLUTION, CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport,
-    DirExportOptions, Direct, DirectoryExporter, Layout, Lease, LocalFile, SaveMode, SaveOptions,
-    Skipped, Snapshot, TarStream,
+    DirExportOptions, DirImportOptions, Direct, DirectoryExporter, LocalFile, SaveMode,
+    SaveOptions, Skipped, Snapshot, TarStream,
 };
+pub use crate::sys::tune_malloc_for_one_shot;
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};
 pub use crate::units::{parse_duration, parse_size};
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::index::{Index, IndexLock};
-use crate::store::Layout;
+use crate::layout::Layout;
 use crate::types::{BlobMark, Config, Record, SnapshotId, gotime};
 
 /// Adds `count` complete records named `vm-0`, `vm-1`, ... to the index of the store at
@@ -21,7 +21,7 @@ pub fn synthetic_index(root: &Path, count: usize) -> Result<Vec<SnapshotId>> {
     let now = gotime::now();
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
-        let id = SnapshotId::generate()?;
+        let id = SnapshotId::generate().map_err(|source| crate::error::Error::Random { source })?;
         let mut config = Config {
             id: id.to_string(),
             name: format!("vm-{i}"),

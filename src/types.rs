@@ -9,8 +9,6 @@ use std::fmt;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::{Error, Result};
-
 /// Number of base32 characters in a generated ID: 16 random bytes, unpadded.
 const ID_LEN: usize = 26;
 
@@ -27,15 +25,13 @@ impl SnapshotId {
     /// A fresh random ID.
     ///
     /// # Errors
-    /// [`Error::Io`] when the OS RNG cannot be read.
-    pub fn generate() -> Result<SnapshotId> {
+    /// The kernel's answer when the OS RNG cannot be read (the store wraps it in
+    /// [`Error::Random`](crate::Error::Random)).
+    pub fn generate() -> std::io::Result<SnapshotId> {
         let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|e| {
-            let source = match e.raw_os_error() {
-                Some(errno) => std::io::Error::from_raw_os_error(errno),
-                None => std::io::Error::other(e.to_string()),
-            };
-            Error::io("read random bytes from", "the OS RNG".as_ref(), source)
+        getrandom::fill(&mut bytes).map_err(|e| match e.raw_os_error() {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::other(e.to_string()),
         })?;
         let id = data_encoding::BASE32_NOPAD.encode(&bytes);
         debug_assert_eq!(id.len(), ID_LEN);
@@ -135,6 +131,20 @@ pub struct Config {
     pub no_direct_io: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub windows: bool,
+}
+
+impl Config {
+    /// This config with the name and the description replaced by those given (a caller's
+    /// `--name` and `--description` over what a source directory or archive says).
+    pub fn with_overrides(mut self, name: Option<String>, description: Option<String>) -> Config {
+        if let Some(name) = name {
+            self.name = name;
+        }
+        if let Some(description) = description {
+            self.description = description;
+        }
+        self
+    }
 }
 
 /// One snapshot's entry in the index: its config flattened, plus what the store knows of it.

@@ -514,6 +514,7 @@ async fn export_then_import_round_trips_in_every_format() {
                     ExportOptions {
                         compression,
                         sparse_format,
+                        ..ExportOptions::default()
                     },
                 )
                 .await;

@@ -74,12 +74,7 @@ async fn reflink_every_file(var: &str) {
     assert!(apparent > 9 * GIB, "{apparent}");
 
     let run = tmp.path().join("run");
-    let cloned = store
-        .clone_to_dir(
-            CloneSource::Ref("base".into()),
-            run.clone(),
-            CloneOptions::default(),
-        )
+    let cloned = clone_ref(&store, "base", run.clone(), CloneOptions::default())
         .await
         .unwrap();
     // Reflink comes first on the ladder: memory is reflinked, not hardlinked.
@@ -93,7 +88,7 @@ async fn reflink_every_file(var: &str) {
     assert!(out.join("snapshot.json").exists());
 
     let imported = store
-        .import_from_dir(out.clone(), Some("again".into()), None)
+        .import_from_dir(out.clone(), common::named("again"))
         .await
         .unwrap();
     assert_all(&imported.files, CloneMethod::Reflink, "import");
@@ -144,12 +139,7 @@ async fn across_filesystems_the_ladder_falls_to_a_sparse_copy() {
     let data = store.layout().data_dir(&saved.id);
 
     let run = xfs.path().join("run");
-    let cloned = store
-        .clone_to_dir(
-            CloneSource::Ref("base".into()),
-            run.clone(),
-            CloneOptions::default(),
-        )
+    let cloned = clone_ref(&store, "base", run.clone(), CloneOptions::default())
         .await
         .unwrap();
     assert_all(&cloned.files, CloneMethod::Copy, "clone across filesystems");
@@ -179,8 +169,7 @@ async fn across_filesystems_the_ladder_falls_to_a_sparse_copy() {
         require_cow: true,
         ..CloneOptions::default()
     };
-    let err = store
-        .clone_to_dir(CloneSource::Ref("base".into()), refused.clone(), opts)
+    let err = clone_ref(&store, "base", refused.clone(), opts)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::CowRequired { .. }), "{err:?}");
@@ -210,12 +199,7 @@ async fn a_copy_that_would_not_fit_fails_up_front() {
     let _mounted = Tmpfs::mount(&small, "size=4m");
 
     let run = small.join("run");
-    let err = store
-        .clone_to_dir(
-            CloneSource::Ref("base".into()),
-            run.clone(),
-            CloneOptions::default(),
-        )
+    let err = clone_ref(&store, "base", run.clone(), CloneOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -347,10 +331,7 @@ async fn du_follows_the_kernels_shared_extents(var: &str) {
     // store's distinct extents stay one copy's worth.
     let run = tmp.path().join("run");
     let opts = CloneOptions::default();
-    store
-        .clone_to_dir(CloneSource::Ref("a".into()), run.clone(), opts)
-        .await
-        .unwrap();
+    clone_ref(&store, "a", run.clone(), opts).await.unwrap();
     let cloned = du().await.snapshots[0].usage;
     assert_eq!(cloned.shared_bytes, witness(), "{cloned:?}");
     assert!(cloned.shared_bytes >= 12 * MIB, "{cloned:?}");

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use common::*;
 use snapstore::{
-    CloneMethod, CloneOptions, CloneSource, Direct, DirectoryExporter, Error, LocalFile, SaveMode,
-    SaveOptions, Snapshot,
+    CloneMethod, CloneOptions, CloneSource, DirImportOptions, Direct, DirectoryExporter, Error,
+    LocalFile, SaveMode, SaveOptions, Snapshot,
 };
 
 fn fixture() -> Fixture {
@@ -310,12 +310,7 @@ async fn uses_update_last_accessed_at_to_the_minute() {
     // Used again within the minute: the index is not rewritten.
     let before = std::fs::read(&index_path).unwrap();
     let run = f.scratch("run");
-    f.store
-        .clone_to_dir(
-            CloneSource::Ref("base".into()),
-            run,
-            CloneOptions::default(),
-        )
+    clone_ref(&f.store, "base", run, CloneOptions::default())
         .await
         .unwrap();
     drop(f.store.data_dir("base").await.unwrap());
@@ -328,13 +323,7 @@ async fn clone_out_links_memory_and_copies_disks_with_holes() {
     let f = fixture();
     f.save("base").await;
     let run = f.scratch("run");
-    let report = f
-        .store
-        .clone_to_dir(
-            CloneSource::Ref("base".into()),
-            run.clone(),
-            CloneOptions::default(),
-        )
+    let report = clone_ref(&f.store, "base", run.clone(), CloneOptions::default())
         .await
         .unwrap();
     assert_eq!(report.config.name, "base");
@@ -385,9 +374,7 @@ async fn clone_out_links_memory_and_copies_disks_with_holes() {
         require_cow: false,
         sync: true,
     };
-    let report = f
-        .store
-        .clone_to_dir(CloneSource::Ref("base".into()), no_link.clone(), opts)
+    let report = clone_ref(&f.store, "base", no_link.clone(), opts)
         .await
         .unwrap();
     assert!(
@@ -409,13 +396,7 @@ async fn clone_into_a_non_empty_dir_fails_and_touches_nothing() {
     let run = f.scratch("busy");
     std::fs::create_dir(&run).unwrap();
     std::fs::write(run.join("keep"), b"mine").unwrap();
-    let err = f
-        .store
-        .clone_to_dir(
-            CloneSource::Ref("base".into()),
-            run.clone(),
-            CloneOptions::default(),
-        )
+    let err = clone_ref(&f.store, "base", run.clone(), CloneOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(&err, Error::TargetNotEmpty { path } if *path == run));
@@ -443,9 +424,7 @@ async fn require_cow_without_reflink_fails_and_leaves_nothing() {
         require_cow: true,
         ..CloneOptions::default()
     };
-    let err = f
-        .store
-        .clone_to_dir(CloneSource::Ref("base".into()), run.clone(), opts)
+    let err = clone_ref(&f.store, "base", run.clone(), opts)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::CowRequired { .. }), "{err:?}");
@@ -493,7 +472,13 @@ async fn export_then_import_from_dir_round_trips() {
 
     let imported = f
         .store
-        .import_from_dir(out.clone(), Some("copy".into()), Some("imported".into()))
+        .import_from_dir(
+            out.clone(),
+            DirImportOptions {
+                name: Some("copy".into()),
+                description: Some("imported".into()),
+            },
+        )
         .await
         .unwrap();
     let rec = f.store.inspect("copy").await.unwrap();
@@ -510,7 +495,9 @@ async fn export_then_import_from_dir_round_trips() {
     // The same dir again without a new name: the envelope's name is taken.
     let before = store_state(&f.root);
     assert!(matches!(
-        f.store.import_from_dir(out.clone(), None, None).await,
+        f.store
+            .import_from_dir(out.clone(), DirImportOptions::default())
+            .await,
         Err(Error::NameTaken { .. })
     ));
     assert_eq!(store_state(&f.root), before);
@@ -540,7 +527,7 @@ async fn bad_envelopes_fail_clearly_and_leave_nothing() {
 
     let err = f
         .store
-        .import_from_dir(dir.clone(), None, None)
+        .import_from_dir(dir.clone(), DirImportOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -564,7 +551,7 @@ async fn bad_envelopes_fail_clearly_and_leave_nothing() {
         std::fs::write(dir.join("snapshot.json"), text).unwrap();
         let err = f
             .store
-            .import_from_dir(dir.clone(), None, None)
+            .import_from_dir(dir.clone(), DirImportOptions::default())
             .await
             .unwrap_err();
         assert!(

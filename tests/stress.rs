@@ -247,7 +247,7 @@ async fn task_worker(w: usize, store: &LocalFile, inputs: &Inputs, ledger: &Mute
                 Err(e) => Err(e),
             },
             3 => store
-                .import_from_dir(inputs.exported.clone(), Some(name.clone()), None)
+                .import_from_dir(inputs.exported.clone(), common::named(&name))
                 .await
                 .map(|r| Some((true, vec![r.id.to_string()]))),
             4 => store.list().await.map(|_| None),

@@ -41,6 +41,10 @@ pub struct ExportOptions {
     pub sparse_format: SparseFormat,
     /// How the stream is compressed.
     pub compression: Compression,
+    /// For an export to a file: fsync the archive and its directory before returning, so it
+    /// survives a power loss. Off by default: like `tar`, the archive is left to writeback. A
+    /// stream's writer is the caller's to sync.
+    pub sync: bool,
 }
 
 /// Options of a tar import.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 use snapstore::{
-    CloneOptions, CloneSource, Config, DirectoryExporter, FileReport, LocalFile, SaveOptions,
-    Snapshot,
+    CloneOptions, CloneSource, Config, DirImportOptions, DirectoryExporter, FileReport, LocalFile,
+    SaveOptions, Snapshot,
 };
 
 use super::workload::{FILES, Workload};
@@ -119,7 +119,13 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
         files: exported.files,
     });
 
-    let again = store.import_from_dir(export_dir, Some("demo-reimported".into()), None);
+    let again = store.import_from_dir(
+        export_dir,
+        DirImportOptions {
+            name: Some("demo-reimported".into()),
+            ..DirImportOptions::default()
+        },
+    );
     let (imported, took) = timed(again).await?;
     steps.push(Step {
         step: "import --from-dir",

@@ -1,16 +1,15 @@
 //! `snapstore export REF`: a tar archive (the default; `-o FILE`, `-o -` for stdout) or, with
 //! `--to-dir DIR`, a plain directory with snapshot.json, standing alone for rsync and NFS.
 //!
-//! An archive goes to a temp file beside its target and is renamed into place only when
-//! complete: a failed or interrupted (Ctrl-C) export leaves no output, and never clobbers an
-//! older file of the same name. Like `cp` and `tar`, it does not fsync the archive or the
-//! directory, unless `--sync` asks: they are copies of a snapshot that stays in the store, and
-//! can be made again.
+//! An archive goes through [`LocalFile::export_to_file`](snapstore::LocalFile::export_to_file):
+//! a failed or interrupted (Ctrl-C) export leaves no output, and never clobbers an older file of
+//! the same name. Like `cp` and `tar`, it does not fsync the archive or the directory, unless
+//! `--sync` asks: they are copies of a snapshot that stays in the store, and can be made again.
 
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use snapstore::{Compression, DirExportOptions, ExportOptions, Snapshot, SparseFormat};
 
 use super::progress::Tracked;
@@ -68,6 +67,7 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
             Format::Cocoon => SparseFormat::Cocoon,
             Format::Gnu => SparseFormat::Gnu,
         },
+        sync: args.sync,
     };
     let target = match args.output {
         Some(path) => path,
@@ -89,41 +89,15 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
         return Ok(());
     }
 
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".snapstore-export-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    let file = temp
-        .reopen()
-        .with_context(|| format!("cannot open {}", temp.path().display()))?;
-    let writer = Box::new(BufWriter::with_capacity(1 << 20, file));
-    let export = store.export_to(&args.reference, opts, writer, target.clone());
+    let export = store.export_to_file(&args.reference, target.clone(), opts);
     tokio::select! {
         done = export => done?,
         _ = tokio::signal::ctrl_c() => {
-            // Dropping `temp` removes the partial archive.
-            drop(temp);
+            // The dropped export removes its partial archive.
             anyhow::bail!("interrupted: no archive written to {}", target.display());
         }
     }
     drop(store); // clears the progress bar
-    if args.sync {
-        temp.as_file()
-            .sync_all()
-            .with_context(|| format!("cannot fsync {}", temp.path().display()))?;
-    }
-    temp.persist(&target)
-        .with_context(|| format!("cannot rename the archive to {}", target.display()))?;
-    if args.sync {
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot fsync {}", dir.display()))?;
-    }
     out.note(format_args!(
         "exported {} to {}",
         args.reference,

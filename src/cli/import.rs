@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use snapstore::{DEFAULT_MAX_FILE_SIZE, ImportOptions, TarStream, parse_size};
+use snapstore::{DEFAULT_MAX_FILE_SIZE, DirImportOptions, ImportOptions, TarStream, parse_size};
 
 use super::Output;
 use super::progress::Tracked;
@@ -36,9 +36,11 @@ pub(crate) struct Args {
 pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     let report = match args.from_dir {
         Some(dir) => {
-            store
-                .import_from_dir(dir, args.name, args.description)
-                .await?
+            let opts = DirImportOptions {
+                name: args.name,
+                description: args.description,
+            };
+            store.import_from_dir(dir, opts).await?
         }
         None => {
             let (input, label): (TarStream, PathBuf) = match args.archive {

@@ -34,19 +34,14 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
-    let mut config = match &args.config {
+    let config = match &args.config {
         Some(path) => snapstore::read_config(path)?,
         None if args.from_dir.join(ENVELOPE_FILE).exists() => {
             snapstore::read_envelope(&args.from_dir)?.config
         }
         None => Config::default(),
     };
-    if let Some(name) = args.name {
-        config.name = name;
-    }
-    if let Some(description) = args.description {
-        config.description = description;
-    }
+    let config = config.with_overrides(args.name, args.description);
     let mode = if args.move_files {
         SaveMode::Move
     } else if args.link {

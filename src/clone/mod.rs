@@ -46,25 +46,22 @@ impl FileClasses {
     /// file name).
     ///
     /// # Errors
-    /// [`Error::InvalidFileName`] naming a pattern that is not a valid glob.
+    /// [`Error::InvalidPattern`] naming a pattern that is not a valid glob.
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<FileClasses> {
+        let invalid = |pattern: String| move |source| Error::InvalidPattern { pattern, source };
         let mut builder = GlobSetBuilder::new();
         for pattern in patterns {
             let pattern = pattern.as_ref();
-            let glob = Glob::new(pattern).map_err(|_| Error::InvalidFileName {
-                dir: PathBuf::from("<immutable file patterns>"),
-                name: pattern.to_string(),
-            })?;
-            builder.add(glob);
+            builder.add(Glob::new(pattern).map_err(invalid(pattern.to_string()))?);
         }
-        let immutable = builder.build().map_err(|_| Error::InvalidFileName {
-            dir: PathBuf::from("<immutable file patterns>"),
-            name: patterns
+        let all = || {
+            patterns
                 .iter()
                 .map(AsRef::as_ref)
                 .collect::<Vec<_>>()
-                .join(","),
-        })?;
+                .join(",")
+        };
+        let immutable = builder.build().map_err(invalid(all()))?;
         Ok(FileClasses {
             immutable,
             patterns: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
@@ -108,6 +105,21 @@ pub(crate) struct Options {
     pub(crate) durable: bool,
     /// Advanced by the bytes each copy moves.
     pub(crate) progress: Progress,
+}
+
+/// The rungs a file may take, in the order the ladder tries them: an immutable file may be
+/// hardlinked when the operation allows it, any other file never is. The one statement of the
+/// ladder's order; [`run`] climbs it and `probe` reports from it.
+pub(crate) fn ladder(immutable: bool, allow_hardlink: bool) -> &'static [CloneMethod] {
+    if immutable && allow_hardlink {
+        &[
+            CloneMethod::Reflink,
+            CloneMethod::Hardlink,
+            CloneMethod::Copy,
+        ]
+    } else {
+        &[CloneMethod::Reflink, CloneMethod::Copy]
+    }
 }
 
 /// Which rungs are still worth trying in this operation.
@@ -181,7 +193,8 @@ pub(crate) fn run(jobs: &[Job], dst_dir: &Path, opts: &Options) -> Result<Vec<Fi
     Ok(reports)
 }
 
-/// FICLONE, then (for an immutable file, when allowed) a hardlink; `None` when neither works.
+/// The job's rungs up to the copy: FICLONE, then (for an immutable file, when allowed) a
+/// hardlink; `None` when the copy is all that is left.
 fn cheap_clone(
     job: &Job,
     dst: &Path,
@@ -189,37 +202,71 @@ fn cheap_clone(
     rungs: &Rungs,
     record: &(dyn Fn(&Path) + Sync),
 ) -> Result<Option<FileReport>> {
-    if rungs.reflink.load(Ordering::Relaxed) {
-        let src = fsutil::open(&job.src)?;
-        let len = metadata_len(&src, &job.src)?;
-        let out = fsutil::create_new(dst, CREATE_MODE)?;
-        record(dst);
-        match sys::ficlone(&out, &src) {
-            Ok(()) => {
-                if opts.durable {
-                    out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
-                }
-                return Ok(Some(report(job, CloneMethod::Reflink, len)));
+    for rung in ladder(job.immutable, opts.allow_hardlink) {
+        let done = match rung {
+            CloneMethod::Reflink if rungs.reflink.load(Ordering::Relaxed) => {
+                reflink(job, dst, opts, rungs, record)?
             }
-            Err(e) if sys::clone_unsupported(&e) => {
-                rungs.reflink.store(false, Ordering::Relaxed);
-                std::fs::remove_file(dst).map_err(|e| Error::io("remove", dst, e))?;
+            CloneMethod::Hardlink if rungs.hardlink.load(Ordering::Relaxed) => {
+                hardlink(job, dst, rungs, record)?
             }
-            Err(source) => return Err(clone_error(CloneMethod::Reflink, job, dst, source)),
-        }
-    }
-    if job.immutable && opts.allow_hardlink && rungs.hardlink.load(Ordering::Relaxed) {
-        match sys::hard_link(&job.src, dst) {
-            Ok(()) => {
-                record(dst);
-                let len = fsutil::symlink_metadata(dst)?.len();
-                return Ok(Some(report(job, CloneMethod::Hardlink, len)));
-            }
-            Err(e) if sys::link_unsupported(&e) => rungs.hardlink.store(false, Ordering::Relaxed),
-            Err(source) => return Err(clone_error(CloneMethod::Hardlink, job, dst, source)),
+            CloneMethod::Copy => return Ok(None),
+            _ => None,
+        };
+        if done.is_some() {
+            return Ok(done);
         }
     }
     Ok(None)
+}
+
+/// FICLONE; `None` when the filesystem cannot.
+fn reflink(
+    job: &Job,
+    dst: &Path,
+    opts: &Options,
+    rungs: &Rungs,
+    record: &(dyn Fn(&Path) + Sync),
+) -> Result<Option<FileReport>> {
+    let src = fsutil::open(&job.src)?;
+    let len = metadata_len(&src, &job.src)?;
+    let out = fsutil::create_new(dst, CREATE_MODE)?;
+    record(dst);
+    match sys::ficlone(&out, &src) {
+        Ok(()) => {
+            if opts.durable {
+                out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
+            }
+            Ok(Some(report(job, CloneMethod::Reflink, len)))
+        }
+        Err(e) if sys::clone_unsupported(&e) => {
+            rungs.reflink.store(false, Ordering::Relaxed);
+            std::fs::remove_file(dst).map_err(|e| Error::io("remove", dst, e))?;
+            Ok(None)
+        }
+        Err(source) => Err(clone_error(CloneMethod::Reflink, job, dst, source)),
+    }
+}
+
+/// A hardlink; `None` when the filesystem cannot.
+fn hardlink(
+    job: &Job,
+    dst: &Path,
+    rungs: &Rungs,
+    record: &(dyn Fn(&Path) + Sync),
+) -> Result<Option<FileReport>> {
+    match sys::hard_link(&job.src, dst) {
+        Ok(()) => {
+            record(dst);
+            let len = fsutil::symlink_metadata(dst)?.len();
+            Ok(Some(report(job, CloneMethod::Hardlink, len)))
+        }
+        Err(e) if sys::link_unsupported(&e) => {
+            rungs.hardlink.store(false, Ordering::Relaxed);
+            Ok(None)
+        }
+        Err(source) => Err(clone_error(CloneMethod::Hardlink, job, dst, source)),
+    }
 }
 
 /// The last rung: a hole-preserving copy, fsynced when `opts.durable`.

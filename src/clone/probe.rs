@@ -64,12 +64,19 @@ pub(crate) fn probe(dir: &Path, store_scratch: &Path) -> Result<Capabilities> {
     };
 
     let seek_hole = probe_holes(&dir)?;
-    let memory_files = if reflink {
-        CloneMethod::Reflink
-    } else if hardlink {
-        CloneMethod::Hardlink
-    } else {
-        CloneMethod::Copy
+    // What the ladder itself would climb to, for each class of file.
+    let first_rung = |immutable| {
+        let works = |rung: &&CloneMethod| match rung {
+            CloneMethod::Reflink => reflink,
+            CloneMethod::Hardlink => hardlink,
+            _ => true,
+        };
+        let rungs = super::ladder(immutable, true);
+        rungs
+            .iter()
+            .find(works)
+            .copied()
+            .unwrap_or(CloneMethod::Copy)
     };
     Ok(Capabilities {
         fs_type: sys::fs_name(stat.magic).to_string(),
@@ -77,12 +84,8 @@ pub(crate) fn probe(dir: &Path, store_scratch: &Path) -> Result<Capabilities> {
         hardlink_from_store: hardlink,
         seek_hole,
         available_bytes: stat.available,
-        memory_files,
-        other_files: if reflink {
-            CloneMethod::Reflink
-        } else {
-            CloneMethod::Copy
-        },
+        memory_files: first_rung(true),
+        other_files: first_rung(false),
         path: dir,
     })
 }

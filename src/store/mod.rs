@@ -5,24 +5,32 @@
 //! never blocks an async worker thread (unless the store was made with
 //! [`LocalFile::on_calling_thread`], for programs that run one operation at a time).
 //! [`LocalFile`] implements them all over a root directory.
+//!
+//! The store sits above the modules that do the work (`clone`, `archive`, `gc`, `fsck`, `du`)
+//! and none of them imports it back: they know the `layout` and the index, and transports hand
+//! their files to the one create path (`create.rs`).
 
-mod layout;
-mod lease;
+mod clone_out;
+mod create;
+mod delete;
+mod files;
+mod ingest;
 mod localfile;
-pub(crate) mod sidecar;
+mod maintain;
+mod read;
+mod tar;
 
 use std::future::Future;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use layout::Layout;
-pub use lease::Lease;
-pub(crate) use localfile::remove_traces;
-pub use localfile::{ACCESS_RESOLUTION, LocalFile};
+pub use localfile::LocalFile;
+pub use read::ACCESS_RESOLUTION;
 
 use crate::error::Result;
 use crate::gc::GcOrchestrator;
+use crate::layout::Lease;
 use crate::types::{Config, FileReport, Record, SnapshotId};
 
 /// A tar stream of a snapshot, as `restore` and `export` hand it out.
@@ -80,6 +88,15 @@ pub struct DirExportOptions {
     /// Fsync every file, `snapshot.json` and the directory before returning; see
     /// [`CloneOptions::sync`].
     pub sync: bool,
+}
+
+/// Options of an import from a directory ([`LocalFile::import_from_dir`]).
+#[derive(Debug, Clone, Default)]
+pub struct DirImportOptions {
+    /// Overrides the envelope's name.
+    pub name: Option<String>,
+    /// Overrides the envelope's description.
+    pub description: Option<String>,
 }
 
 /// A directory entry of a source that is not a data file, and so was not saved.

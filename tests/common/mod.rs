@@ -241,13 +241,24 @@ pub fn store_state(root: &Path) -> (Vec<u8>, Vec<String>) {
     (index, paths)
 }
 
+/// The `snapstore` binary as a command, with no root from the test's own environment.
+pub fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_snapstore"));
+    c.env_remove("SNAPSTORE_ROOT");
+    c
+}
+
+/// The `snapstore` binary with `--root root`.
+pub fn command_in(root: &Path) -> Command {
+    let mut c = command();
+    c.arg("--root").arg(root);
+    c
+}
+
 /// Runs the `snapstore` binary with `--root root`.
 pub fn snapstore(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snapstore"))
-        .arg("--root")
-        .arg(root)
+    command_in(root)
         .args(args)
-        .env_remove("SNAPSTORE_ROOT")
         .output()
         .expect("snapstore runs")
 }
@@ -430,6 +441,26 @@ impl Fixture {
     /// A path beside the store, for clones and exports.
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.root.parent().unwrap().join(name)
+    }
+}
+
+/// Clones the snapshot `reference` names out of `store` into `dir`: the one call the clone
+/// tests share.
+pub async fn clone_ref(
+    store: &snapstore::LocalFile,
+    reference: &str,
+    dir: impl Into<PathBuf>,
+    opts: snapstore::CloneOptions,
+) -> snapstore::Result<snapstore::CloneReport> {
+    let source = snapstore::CloneSource::Ref(reference.to_string());
+    store.clone_to_dir(source, dir.into(), opts).await
+}
+
+/// Options of an import from a directory that names the new snapshot `name`.
+pub fn named(name: &str) -> snapstore::DirImportOptions {
+    snapstore::DirImportOptions {
+        name: Some(name.to_string()),
+        ..snapstore::DirImportOptions::default()
     }
 }
 

@@ -76,20 +76,20 @@ impl Sidecar {
     /// Reads the sidecar at `path`.
     ///
     /// # Errors
-    /// [`Error::Io`] when it cannot be read, or does not parse (`InvalidData`).
+    /// [`Error::Io`] when it cannot be read, [`Error::SidecarInvalid`] when it does not parse,
+    /// [`Error::SidecarVersion`].
     pub(crate) fn read(path: &Path) -> Result<Sidecar> {
         let bytes = fsutil::read(path)?;
-        let invalid = |e: String| {
-            Error::io(
-                "parse sidecar",
-                path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            )
-        };
         let sidecar: Sidecar =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+            serde_json::from_slice(&bytes).map_err(|source| Error::SidecarInvalid {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if sidecar.version != SIDECAR_VERSION {
-            return Err(invalid(format!("unknown version {}", sidecar.version)));
+            return Err(Error::SidecarVersion {
+                path: path.to_path_buf(),
+                version: sidecar.version,
+            });
         }
         Ok(sidecar)
     }

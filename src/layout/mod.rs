@@ -8,10 +8,23 @@
 //! R/snapshot/localfile/ID.json     its sidecar: a copy of its record and file list, for fsck
 //! R/snapshot/staging/ID/           a snapshot being created, on the same filesystem
 //! ```
+//!
+//! Beside the paths, the two small per-snapshot files: the [`Lease`] and the sidecar. The store,
+//! gc and fsck all find their way through here, and nothing here knows of them.
+
+mod lease;
+pub(crate) mod sidecar;
 
 use std::path::{Path, PathBuf};
 
+pub use lease::Lease;
+
+use crate::error::Result;
+use crate::fsutil;
 use crate::types::SnapshotId;
+
+/// Mode of every directory the store creates.
+pub(crate) const DIR_MODE: u32 = 0o750;
 
 /// The paths of a store rooted at one directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,5 +108,18 @@ impl Layout {
     /// `R/snapshot/staging/ID`.
     pub fn staging_dir(&self, id: &SnapshotId) -> PathBuf {
         self.staging_root().join(id.as_str())
+    }
+
+    /// Removes what a snapshot without a record leaves on disk: its data dir, staging dir and
+    /// sidecar, and its lease file when `leased` (the caller holds the lease exclusively, so no
+    /// one can be waiting on that inode and then on a fresh one).
+    pub(crate) fn remove_traces(&self, id: &SnapshotId, leased: bool) -> Result<()> {
+        fsutil::remove_all(&self.data_dir(id))?;
+        fsutil::remove_all(&self.staging_dir(id))?;
+        fsutil::remove_all(&self.sidecar_file(id))?;
+        if leased {
+            fsutil::remove_all(&self.lease_file(id))?;
+        }
+        Ok(())
     }
 }
