@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -24,7 +23,7 @@ fn bench(args: &[&str], env: &[(&str, &Path)]) -> Vec<Value> {
         "--index-snapshots",
         "50",
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_snapstore"))
+    let out = common::command()
         .args(["--json", "bench"])
         .args(sizes)
         .args(args)

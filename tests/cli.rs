@@ -275,9 +275,7 @@ fn tar_export_names_its_output_and_pipes_into_import() {
     let (tmp, root, src) = setup();
     ok(&root, &["save", "--from-dir", s(&src), "--name", "base"]);
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapstore"))
-            .arg("--root")
-            .arg(&root)
+        let out = common::command_in(&root)
             .args(args)
             .current_dir(tmp.path())
             .output()
@@ -399,7 +397,7 @@ fn doctor_probes_the_store_and_each_dir() {
 #[test]
 fn demo_runs_and_cleans_up_after_itself() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapstore"))
+    let out = common::command()
         .args(["demo", "--dir"])
         .arg(tmp.path())
         .output()
@@ -421,7 +419,7 @@ fn demo_runs_and_cleans_up_after_itself() {
 fn the_root_comes_from_the_environment_when_not_given() {
     let (tmp, _root, src) = setup();
     let env_root = tmp.path().join("env-root");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapstore"))
+    let out = common::command()
         .args(["save", "--name", "e", "--from-dir"])
         .arg(&src)
         .env("SNAPSTORE_ROOT", &env_root)
@@ -522,4 +520,75 @@ fn a_progress_bar_shows_on_a_terminal_only_and_not_with_q() {
         !stderr.contains("B/s") && !stderr.contains('\r'),
         "{stderr}"
     );
+}
+
+/// The subcommands `snapstore --help` lists, read from its `Commands:` section.
+fn subcommands() -> Vec<String> {
+    let help = String::from_utf8(command().arg("--help").output().unwrap().stdout).unwrap();
+    let commands = help.split("Commands:").nth(1).unwrap();
+    let names: Vec<String> = commands
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect();
+    assert!(names.len() >= 15, "{names:?}");
+    names
+}
+
+#[test]
+fn completions_and_the_man_page_name_every_subcommand() {
+    let subcommands = subcommands();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = command().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for name in &subcommands {
+            assert!(
+                script.contains(name.as_str()),
+                "{shell} completion lacks {name}"
+            );
+        }
+    }
+    let bash = String::from_utf8(
+        command()
+            .args(["completions", "bash"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        bash.unwrap().contains("complete -F"),
+        "a bash completion registers itself"
+    );
+    assert_eq!(
+        command()
+            .args(["completions", "tcsh"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+
+    let out = command().arg("man").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH snapstore 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains(".TH snapstore 1"),
+        "a roff page with its title line"
+    );
+    for name in &subcommands {
+        let heading = format!(".SH \"SNAPSTORE {}\"", name.to_uppercase());
+        assert!(
+            page.contains(&heading),
+            "the man page has no section {heading}"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod clone;
+mod completions;
 mod demo;
 mod doctor;
 mod du;
@@ -80,6 +81,10 @@ enum Command {
     Demo(demo::Args),
     /// Time snapstore against cp and GNU tar on the same snapshot, side by side
     Bench(bench::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(completions::CompletionsArgs),
+    /// Print the man page, snapstore(1), in roff
+    Man,
 }
 
 /// How output is wanted.
@@ -159,6 +164,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Command::Doctor(args) => doctor::run(&open()?, args, out).await,
             Command::Demo(args) => demo::run(args, out).await,
             Command::Bench(args) => bench::run(args, out).await,
+            Command::Completions(args) => completions::completions(args),
+            Command::Man => completions::man(),
         }
     });
     // Whatever the command awaited is done. Dropping the runtime would join its idle blocking
