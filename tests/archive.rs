@@ -905,3 +905,131 @@ async fn modes_in_the_archive_never_reach_the_store() {
     let report = s.import(t.bytes()).await.unwrap();
     assert_eq!(mode(&s.data(&report.id).join("suid")), 0o444);
 }
+
+// ---------------------------------------------------------------- names that do not fit ustar
+
+/// Exports the store's snapshot `name` in `format`, imports it into a fresh store, and checks
+/// the same files come back byte for byte, and that GNU tar lists the names the store holds.
+async fn round_trip_names(s: &Store, src: &Path, names: &[String], format: SparseFormat) {
+    let opts = ExportOptions {
+        sparse_format: format,
+        ..ExportOptions::default()
+    };
+    let bytes = s.export("base", opts).await;
+    let archive = s.tmp.path().join(format!("names-{}.tar", rand_suffix()));
+    std::fs::write(&archive, &bytes).unwrap();
+    let other = store();
+    let report = other.import(bytes).await.unwrap();
+    let listed: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_same_dir(src, &other.data(&report.id), &listed);
+
+    let out = Command::new("tar")
+        .args(["--warning=no-unknown-keyword", "-tf"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut tar_names: Vec<&str> = text.lines().filter(|n| *n != "snapshot.json").collect();
+    tar_names.sort_unstable();
+    let mut want = listed.clone();
+    want.sort_unstable();
+    assert_eq!(tar_names, want, "{format:?}");
+}
+
+/// A snapshot dir holding `files`: (name, size, data segments).
+async fn saved_files(s: &Store, files: &[(String, u64, Vec<(u64, u64)>)]) -> PathBuf {
+    let src = s.tmp.path().join(format!("src-{}", rand_suffix()));
+    std::fs::create_dir(&src).unwrap();
+    for (name, len, segments) in files {
+        sparse_file(&src.join(name), *len, segments);
+    }
+    let config = Config {
+        name: "base".into(),
+        ..Config::default()
+    };
+    s.store
+        .create(config, src.clone(), SaveOptions::default())
+        .await
+        .unwrap();
+    src
+}
+
+#[tokio::test]
+async fn long_multibyte_names_export_and_import_whole() {
+    // 40 '€' are 120 bytes: a cut at byte 99 falls inside a character. (Before the fix, the
+    // export panicked there.)
+    let s = store();
+    let euro = "€".repeat(40);
+    let long_dense = format!("{}.raw", "d".repeat(200));
+    let files = vec![
+        (euro.clone(), 8 * MIB, vec![(MIB, 64 * 1024)]),
+        (long_dense.clone(), 64 * 1024, vec![(0, 64 * 1024)]),
+        ("memory-range-0".to_string(), MIB, vec![(0, MIB)]),
+    ];
+    let src = saved_files(&s, &files).await;
+    let names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+    for format in [SparseFormat::Cocoon, SparseFormat::Gnu] {
+        round_trip_names(&s, &src, &names, format).await;
+    }
+}
+
+mod names {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A file name the store accepts: 1-255 bytes of mixed one- to four-byte characters, not
+    /// `.`, `..` or `snapshot.json`.
+    fn file_name() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec!["a", "Z", "0", ".", "-", "_", " ", "é", "€", "𝄞"]);
+        prop::collection::vec(piece, 1..90)
+            .prop_map(|pieces| pieces.concat())
+            .prop_filter("a plain name of at most 255 bytes", |n| {
+                n.len() <= 255 && n != "." && n != ".." && n != "snapshot.json"
+            })
+    }
+
+    /// A file's size and its data segments, in 4 KiB blocks.
+    fn layout() -> impl Strategy<Value = (u64, Vec<(u64, u64)>)> {
+        (1u64..64).prop_flat_map(|blocks| {
+            let segment = (0..blocks, 1u64..8);
+            prop::collection::vec(segment, 0..4).prop_map(move |segments| {
+                let mut taken = Vec::<(u64, u64)>::new();
+                let mut end = 0;
+                let mut sorted = segments;
+                sorted.sort_unstable();
+                for (start, len) in sorted {
+                    let len = len.min(blocks - start);
+                    if start >= end && len > 0 {
+                        taken.push((start * 4096, len * 4096));
+                        end = start + len;
+                    }
+                }
+                (blocks * 4096, taken)
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_name_the_store_accepts_exports_and_imports_whole(
+            files in prop::collection::btree_map(file_name(), layout(), 1..4),
+            gnu in any::<bool>(),
+        ) {
+            let files: Vec<(String, u64, Vec<(u64, u64)>)> = files
+                .into_iter()
+                .map(|(name, (len, segments))| (name, len, segments))
+                .collect();
+            let format = if gnu { SparseFormat::Gnu } else { SparseFormat::Cocoon };
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let s = store();
+                let src = saved_files(&s, &files).await;
+                let names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+                round_trip_names(&s, &src, &names, format).await;
+            });
+        }
+    }
+}

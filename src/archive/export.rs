@@ -64,16 +64,23 @@ pub(crate) fn write_tar(
         let data_len: u64 = segments.iter().map(|s| s.length).sum();
         let reader = BufReader::with_capacity(READ_BUF, Segments::new(&file, &segments, progress));
         let sparse = data_len < len;
+        // A name too long for the ustar field travels whole in a PAX `path` record.
+        let long_name = (name.len() > NAME_FIELD).then(|| ("path", name.clone()));
         let appended = if !sparse {
             let header = header(name, len, mtime).map_err(write_err)?;
-            builder.append(&header, reader)
+            match &long_name {
+                Some(path) => append_pax(&mut builder, name, &[path.clone()], mtime)
+                    .and_then(|()| builder.append(&header, reader)),
+                None => builder.append(&header, reader),
+            }
         } else {
             match format {
                 SparseFormat::Cocoon => {
-                    let records = [
+                    let mut records = vec![
                         ("COCOON.sparse.map", sparse::cocoon_map(&segments)),
                         ("COCOON.sparse.size", len.to_string()),
                     ];
+                    records.extend(long_name);
                     append_pax(&mut builder, name, &records, mtime)
                         .and_then(|()| header(name, data_len, mtime))
                         .and_then(|header| builder.append(&header, reader))
@@ -111,10 +118,23 @@ pub(crate) fn write_tar(
         .map_err(write_err)
 }
 
-/// A ustar header for a regular file.
+/// Bytes of a name a ustar header holds (its name field, less the NUL some readers want).
+const NAME_FIELD: usize = 99;
+
+/// `name` cut to at most `max` bytes on a character boundary, never inside a character.
+fn fitting(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// A ustar header for a regular file. A name longer than the field is cut to fit; the caller
+/// carries the whole name in a PAX record (`path`, or `GNU.sparse.name`).
 fn header(name: &str, size: u64, mtime: u64) -> io::Result<Header> {
     let mut header = Header::new_ustar();
-    header.set_path(name)?;
+    header.set_path(fitting(name, NAME_FIELD))?;
     header.set_size(size);
     header.set_mode(ENTRY_MODE);
     header.set_mtime(mtime);
@@ -127,14 +147,14 @@ fn header(name: &str, size: u64, mtime: u64) -> io::Result<Header> {
 fn append_pax<W: Write>(
     builder: &mut tar::Builder<W>,
     name: &str,
-    records: &[(&str, String)],
+    records: &[(&'static str, String)],
     mtime: u64,
 ) -> io::Result<()> {
     let data = pax_records(records);
     let mut header = Header::new_ustar();
     // As GNU tar names them; the name of an 'x' entry carries nothing.
     let pax_name = format!("PaxHeaders.0/{}", name.rsplit('/').next().unwrap_or(name));
-    header.set_path(&pax_name[..pax_name.len().min(99)])?;
+    header.set_path(fitting(&pax_name, NAME_FIELD))?;
     header.set_size(data.len() as u64);
     header.set_mode(ENTRY_MODE);
     header.set_mtime(mtime);
