@@ -11,7 +11,9 @@
 //!
 //! `export` writes; `import` reads (see its module for what is accepted and refused). Streams
 //! handed to a caller run their writer on a thread feeding a bounded channel: memory stays flat,
-//! and dropping the stream stops the writer at its next chunk.
+//! and dropping the stream stops the writer at its next chunk. The writer ends the stream
+//! explicitly; a writer that stops without saying so (a panic, a dropped thread) reaches the
+//! reader as an error, never as a clean end of an archive that is in fact cut short.
 
 pub(crate) mod compress;
 pub(crate) mod export;
@@ -83,10 +85,13 @@ const CHANNEL_CHUNKS: usize = 8;
 /// Size of one chunk.
 const CHANNEL_CHUNK: usize = 1 << 20;
 
+/// What travels through the channel: a chunk, the explicit end (`None`), or the writer's error.
+type Message = io::Result<Option<Vec<u8>>>;
+
 /// The reading end of a stream whose writer runs on another thread. Dropping it stops the
 /// writer: its next write fails with `BrokenPipe`.
 pub(crate) struct ChannelReader {
-    chunks: Receiver<io::Result<Vec<u8>>>,
+    chunks: Receiver<Message>,
     current: io::Cursor<Vec<u8>>,
     done: bool,
 }
@@ -99,13 +104,20 @@ impl Read for ChannelReader {
                 return Ok(n);
             }
             match self.chunks.recv() {
-                Ok(Ok(chunk)) => self.current = io::Cursor::new(chunk),
+                Ok(Ok(Some(chunk))) => self.current = io::Cursor::new(chunk),
+                Ok(Ok(None)) => self.done = true,
                 Ok(Err(e)) => {
                     self.done = true;
                     return Err(e);
                 }
-                // The writer finished and hung up.
-                Err(_) => self.done = true,
+                // Hung up without ending the stream: whatever it was writing is cut short.
+                Err(_) => {
+                    self.done = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream's writer stopped before the end",
+                    ));
+                }
             }
         }
     }
@@ -113,15 +125,15 @@ impl Read for ChannelReader {
 
 /// The writing end: buffers into 1 MiB chunks.
 pub(crate) struct ChannelWriter {
-    chunks: SyncSender<io::Result<Vec<u8>>>,
+    chunks: SyncSender<Message>,
     buf: Vec<u8>,
 }
 
 impl ChannelWriter {
-    /// A handle that can pass the writer's failure on to the reader, after the writer itself
-    /// has been handed to a compressor.
-    pub(crate) fn failer(&self) -> Failer {
-        Failer(self.chunks.clone())
+    /// A handle that ends the stream, or passes the writer's failure on to the reader, after
+    /// the writer itself has been handed to a compressor.
+    pub(crate) fn closer(&self) -> Closer {
+        Closer(self.chunks.clone())
     }
 
     fn send(&mut self) -> io::Result<()> {
@@ -130,7 +142,7 @@ impl ChannelWriter {
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHANNEL_CHUNK));
         self.chunks
-            .send(Ok(chunk))
+            .send(Ok(Some(chunk)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream's reader is gone"))
     }
 }
@@ -150,10 +162,16 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Reports a stream writer's failure to its reader.
-pub(crate) struct Failer(SyncSender<io::Result<Vec<u8>>>);
+/// Ends a stream for its reader, cleanly or with the writer's failure.
+pub(crate) struct Closer(SyncSender<Message>);
 
-impl Failer {
+impl Closer {
+    /// The stream is complete: once the reader has every chunk written before this (the
+    /// writer flushed), its next `read` returns 0. Nothing happens if the reader is gone.
+    pub(crate) fn finish(self) {
+        let _ = self.0.send(Ok(None));
+    }
+
     /// The reader's next `read` returns `error`; nothing happens if the reader is gone.
     pub(crate) fn fail(self, error: io::Error) {
         let _ = self.0.send(Err(error));
@@ -186,9 +204,9 @@ mod tests {
         let t = std::thread::spawn(move || {
             w.write_all(&vec![7u8; 3 * CHANNEL_CHUNK + 5]).unwrap();
             w.flush().unwrap();
-            let failer = w.failer();
+            let closer = w.closer();
             drop(w);
-            failer.fail(io::Error::other("disk on fire"));
+            closer.fail(io::Error::other("disk on fire"));
         });
         let mut got = vec![0u8; 3 * CHANNEL_CHUNK + 5];
         r.read_exact(&mut got).unwrap();
@@ -196,6 +214,31 @@ mod tests {
         let err = r.read(&mut [0u8; 8]).unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_stream_ends_only_when_its_writer_says_so() {
+        let (mut w, mut r) = channel();
+        w.write_all(b"whole").unwrap();
+        w.flush().unwrap();
+        w.closer().finish();
+        drop(w);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"whole");
+
+        // A writer that dies mid-stream (a panic, a dropped thread) never looks like an end.
+        let (mut w, mut r) = channel();
+        let t = std::thread::spawn(move || {
+            w.write_all(b"half").unwrap();
+            w.flush().unwrap();
+            panic!("the writer dies");
+        });
+        assert!(t.join().is_err());
+        let mut got = Vec::new();
+        let err = r.read_to_end(&mut got).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(got, b"half");
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl LocalFile {
         let (lease, dir, config, names) = self.open_for_read(reference)?;
         let envelope = with_envelope.then(|| Envelope::new(config.clone(), names.clone()));
         let (writer, reader) = archive::channel();
-        let failed = writer.failer();
+        let closer = writer.closer();
         let store = self.clone();
         std::thread::spawn(move || {
             let label = PathBuf::from("<export stream>");
@@ -144,8 +144,9 @@ impl LocalFile {
                 &store.progress,
             ) {
                 // Gone when the reader dropped the stream, which is how a caller stops it.
-                failed.fail(std::io::Error::other(e));
+                closer.fail(std::io::Error::other(e));
             } else {
+                closer.finish();
                 // The reader has every byte by now; a failed update only leaves the snapshot
                 // looking older to gc's eviction, so there is no one to tell.
                 let _ = store.touch(&lease);
