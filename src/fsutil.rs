@@ -72,13 +72,30 @@ pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))
 }
 
-/// Creates one directory, which must not exist, with `mode` (before umask).
+/// Creates one directory, which must not exist, with exactly `mode`, whatever the umask.
 pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .mode(mode)
         .create(path)
-        .map_err(|e| Error::io("create directory", path, e))
+        .map_err(|e| Error::io("create directory", path, e))?;
+    // The umask may have taken bits away; the store's modes are its own.
+    set_mode(path, mode)
+}
+
+/// Creates `path` and its missing parents, each with exactly `mode`; existing ones are left
+/// as they are.
+pub(crate) fn create_dirs(path: &Path, mode: u32) -> Result<()> {
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
+    for dir in missing.into_iter().rev() {
+        match create_dir(dir, mode) {
+            // Made meanwhile by another process opening the same store.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            }
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Renames `from` to `to`; the error names the source.

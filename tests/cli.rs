@@ -592,3 +592,34 @@ fn completions_and_the_man_page_name_every_subcommand() {
         );
     }
 }
+
+#[test]
+fn every_directory_the_store_creates_is_0750_whatever_the_umask() {
+    for umask in ["022", "077", "000"] {
+        let (tmp, _, src) = setup();
+        let root = tmp.path().join("fresh").join("root");
+        let script =
+            format!("umask {umask}; exec \"$0\" --root \"$1\" save --name a --from-dir \"$2\"");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_snapstore"))
+            .arg(&root)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        for dir in [
+            root.parent().unwrap().to_path_buf(),
+            root.clone(),
+            root.join("snapshot"),
+            root.join("snapshot/db"),
+            root.join("snapshot/localfile"),
+            root.join("snapshot/staging"),
+            root.join("snapshot/localfile").join(&id),
+        ] {
+            assert_eq!(mode(&dir), 0o750, "umask {umask}: {}", dir.display());
+        }
+    }
+}

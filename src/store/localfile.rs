@@ -54,10 +54,7 @@ impl LocalFile {
     pub fn with_classes(root: impl Into<PathBuf>, classes: FileClasses) -> Result<LocalFile> {
         let layout = Layout::new(root);
         for dir in [layout.db_dir(), layout.data_root(), layout.staging_root()] {
-            if !dir.is_dir() {
-                fsutil::create_dir_all(&dir)?;
-                fsutil::set_mode(&dir, DIR_MODE)?;
-            }
+            fsutil::create_dirs(&dir, DIR_MODE)?;
         }
         Ok(LocalFile {
             inner: Arc::new(Inner {
