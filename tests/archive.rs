@@ -111,10 +111,14 @@ impl Tar {
     }
 
     fn header(name: &str, size: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
+        Tar::header_bytes(name.as_bytes(), size, kind, mode)
+    }
+
+    fn header_bytes(name: &[u8], size: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
         let mut h = tar::Header::new_ustar();
         let raw = &mut h.as_old_mut().name;
         raw.fill(0);
-        raw[..name.len()].copy_from_slice(name.as_bytes());
+        raw[..name.len()].copy_from_slice(name);
         h.set_size(size);
         h.set_mode(mode);
         h.set_mtime(1_700_000_000);
@@ -125,6 +129,13 @@ impl Tar {
 
     fn raw(mut self, name: &str, kind: tar::EntryType, data: &[u8]) -> Tar {
         let h = Tar::header(name, data.len() as u64, kind, 0o644);
+        self.0.append(&h, data).unwrap();
+        self
+    }
+
+    /// A regular file whose name is `name`'s bytes as they are, UTF-8 or not.
+    fn file_bytes(mut self, name: &[u8], data: &[u8]) -> Tar {
+        let h = Tar::header_bytes(name, data.len() as u64, tar::EntryType::Regular, 0o644);
         self.0.append(&h, data).unwrap();
         self
     }
@@ -719,6 +730,38 @@ async fn hostile_names_are_refused() {
         let err = refused(bytes, None).await;
         assert!(hostile(&err, name), "{name:?}: {err:?}");
     }
+}
+
+#[tokio::test]
+async fn names_that_are_not_utf8_are_refused_and_shown_escaped() {
+    // A Latin-1 byte, KOI8-R and EUC-JP names (as in libarchive's test archives): lossy UTF-8
+    // would store them renamed, and make the two KOI8-R names below one and the same.
+    let cases: [(&[u8], &str); 3] = [
+        (b"disk\xff.raw", "disk\\xff.raw"),
+        (
+            b"\xd0\xd2\xc9\xd7\xc5\xd4.raw",
+            "\\xd0\\xd2\\xc9\\xd7\\xc5\\xd4.raw",
+        ),
+        (b"\xa4\xb3\xa4\xf3.raw", "\\xa4\\xb3\\xa4\\xf3.raw"),
+    ];
+    for (name, shown) in cases {
+        let bytes = Tar::new().envelope(ENVELOPE).file_bytes(name, b"x").bytes();
+        let err = refused(bytes, None).await;
+        assert!(hostile(&err, shown), "{shown}: {err:?}");
+        let text = chain(&err);
+        assert!(text.contains("UTF-8"), "{text}");
+        assert!(
+            !text.contains('\u{fffd}') && !text.chars().any(char::is_control),
+            "{text:?}"
+        );
+    }
+    let two = Tar::new()
+        .envelope(ENVELOPE)
+        .file_bytes(b"\xd0\xd2.raw", b"a")
+        .file_bytes(b"\xd0\xd3.raw", b"b")
+        .bytes();
+    let err = refused(two, None).await;
+    assert!(hostile(&err, "\\xd0\\xd2.raw"), "{err:?}");
 }
 
 #[tokio::test]

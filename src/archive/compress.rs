@@ -233,12 +233,21 @@ impl<W: Write> Drop for ParGz<W> {
 pub(crate) fn decompressor<'a>(
     mut input: Box<dyn Read + Send + 'a>,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
-    let mut magic = Vec::with_capacity(4);
-    (&mut input).take(4).read_to_end(&mut magic)?;
+    let mut magic = Vec::with_capacity(6);
+    (&mut input).take(6).read_to_end(&mut magic)?;
     if magic.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the archive is empty",
+        ));
+    }
+    if let Some((format, tool)) = unsupported(&magic) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{format} stream: snapstore reads raw, gzip and zstd tar; \
+                 try {tool} -dc FILE | snapstore import -"
+            ),
         ));
     }
     let whole = io::Cursor::new(magic.clone()).chain(input);
@@ -252,9 +261,45 @@ pub(crate) fn decompressor<'a>(
     })
 }
 
+/// A compressed format snapstore does not read, told by its magic bytes, and the tool that
+/// decompresses it.
+fn unsupported(magic: &[u8]) -> Option<(&'static str, &'static str)> {
+    const KNOWN: [(&[u8], &str, &str); 4] = [
+        (b"BZh", "bzip2-compressed", "bzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz-compressed", "xz"),
+        (&[0x1f, 0x9d], "compress(1)-compressed (.Z)", "gzip"),
+        (&[0x04, 0x22, 0x4d, 0x18], "lz4-compressed", "lz4"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(prefix, _, _)| magic.starts_with(prefix))
+        .map(|&(_, format, tool)| (format, tool))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_of_other_compressors_are_named_not_parsed() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"BZh91AY&SY", "bzip2"),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0x00, 0x00, 0x04], "xz"),
+            (&[0x1f, 0x9d, 0x90, 0x2e, 0x00], "compress(1)"),
+            (&[0x04, 0x22, 0x4d, 0x18, 0x64, 0x40], "lz4"),
+        ];
+        for (bytes, format) in cases {
+            let input: Box<dyn Read + Send> = Box::new(io::Cursor::new(bytes.to_vec()));
+            let err = decompressor(input).err().expect("refused");
+            let text = err.to_string();
+            assert!(text.starts_with(format), "{text}");
+            assert!(text.contains("| snapstore import -"), "{text}");
+            assert!(
+                text.is_ascii() && !text.chars().any(|c| c.is_control()),
+                "{text:?}"
+            );
+        }
+    }
 
     fn round_trip(compression: Compression, data: &[u8]) -> Vec<u8> {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -78,7 +78,12 @@ pub(crate) fn read_tar(
     };
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
-        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        // The index and snapshot.json are JSON: a name that is not UTF-8 could only be stored
+        // renamed, and two such names could collide. Refused, shown escaped.
+        let raw_name = match String::from_utf8(entry.path_bytes().into_owned()) {
+            Ok(name) => name,
+            Err(e) => return Err(hostile(&escaped(e.as_bytes()), NOT_UTF8)),
+        };
         let kind = entry.header().entry_type();
         match kind {
             EntryType::Directory | EntryType::XGlobalHeader => continue,
@@ -92,9 +97,11 @@ pub(crate) fn read_tar(
             _ => return Err(hostile(&raw_name, "unsupported entry type")),
         }
         let pax = pax_records(&mut entry).map_err(read_err)?;
-        let shown = pax
-            .get("GNU.sparse.name")
-            .map_or(raw_name.clone(), |n| lossy(n));
+        let shown = match pax.get("GNU.sparse.name") {
+            None => raw_name.clone(),
+            Some(name) => String::from_utf8(name.clone())
+                .map_err(|e| hostile(&escaped(e.as_bytes()), NOT_UTF8))?,
+        };
         let name = plain_name(&shown)
             .ok_or_else(|| hostile(&shown, "names must be one plain file name"))?;
         if !seen.insert(name.clone()) {
@@ -182,8 +189,12 @@ fn plain_name(raw: &str) -> Option<String> {
     is_plain_name(name).then(|| name.to_string())
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Why a name that is not UTF-8 is refused.
+const NOT_UTF8: &str = "names must be UTF-8 (the index and snapshot.json are JSON)";
+
+/// Bytes shown as text: printable ASCII as it is, every other byte as `\xNN`.
+fn escaped(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
 }
 
 /// An entry's PAX records by key. Repeated keys (GNU 0.0's offset/numbytes) are joined with ','.
