@@ -69,7 +69,7 @@ pub(crate) fn write_tar(
         let appended = if !sparse {
             let header = header(name, len, mtime).map_err(write_err)?;
             match &long_name {
-                Some(path) => append_pax(&mut builder, name, &[path.clone()], mtime)
+                Some(path) => append_pax(&mut builder, name, std::slice::from_ref(path), mtime)
                     .and_then(|()| builder.append(&header, reader)),
                 None => builder.append(&header, reader),
             }
