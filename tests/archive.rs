@@ -980,8 +980,11 @@ async fn round_trip_names(s: &Store, src: &Path, names: &[String], format: Spars
     assert_eq!(tar_names, want, "{format:?}");
 }
 
-/// A snapshot dir holding `files`: (name, size, data segments).
-async fn saved_files(s: &Store, files: &[(String, u64, Vec<(u64, u64)>)]) -> PathBuf {
+/// A file of a test snapshot: its name, its size, and its data segments (offset, length).
+type FileSpec = (String, u64, Vec<(u64, u64)>);
+
+/// A snapshot dir holding `files`.
+async fn saved_files(s: &Store, files: &[FileSpec]) -> PathBuf {
     let src = s.tmp.path().join(format!("src-{}", rand_suffix()));
     std::fs::create_dir(&src).unwrap();
     for (name, len, segments) in files {
@@ -1061,7 +1064,7 @@ mod names {
             files in prop::collection::btree_map(file_name(), layout(), 1..4),
             gnu in any::<bool>(),
         ) {
-            let files: Vec<(String, u64, Vec<(u64, u64)>)> = files
+            let files: Vec<FileSpec> = files
                 .into_iter()
                 .map(|(name, (len, segments))| (name, len, segments))
                 .collect();
