@@ -1079,3 +1079,93 @@ mod names {
         }
     }
 }
+
+// ---------------------------------------------------------------- what other tools' archives hold
+
+#[tokio::test]
+async fn malformed_numbers_in_pax_records_are_refused() {
+    // GNU tar calls these records malformed; tar-rs would read the entry with its ustar size,
+    // and the two tools would disagree on what the archive holds.
+    let cases = [
+        ("size", "12x"),
+        ("size", "-1"),
+        ("size", ""),
+        ("size", "18446744073709551616"),
+        ("GNU.sparse.realsize", "abc"),
+        ("COCOON.sparse.size", "1e3"),
+    ];
+    for (key, value) in cases {
+        let bytes = Tar::new()
+            .envelope(ENVELOPE)
+            .pax("disk.raw", &[(key, value)])
+            .file("disk.raw", b"twelve bytes")
+            .bytes();
+        let err = refused(bytes, None).await;
+        assert!(hostile(&err, "disk.raw"), "{key}={value}: {err:?}");
+        assert!(
+            chain(&err).contains(&format!("malformed PAX record: {key}")),
+            "{err}"
+        );
+    }
+    // A well-formed size is taken.
+    let ok = Tar::new()
+        .envelope(ENVELOPE)
+        .pax("disk.raw", &[("size", "12")])
+        .file("disk.raw", b"twelve bytes")
+        .bytes();
+    store().import(ok).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gnu_volume_label_is_skipped() {
+    // GNU tar's `tar -V LABEL` writes a 'V' header first; libarchive's test archives leave its
+    // size field empty, which is not a number.
+    let mut label = Tar::header_bytes(b"snapshot volume", 0, tar::EntryType::new(b'V'), 0o644);
+    label.as_old_mut().size.fill(b' ');
+    label.set_cksum();
+    let mut bytes = label.as_bytes().to_vec();
+    bytes.extend(
+        Tar::new()
+            .envelope(ENVELOPE)
+            .file("disk.raw", b"data")
+            .bytes(),
+    );
+    let s = store();
+    let report = s.import(bytes).await.unwrap();
+    let names: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["disk.raw"]);
+}
+
+#[tokio::test]
+async fn what_is_not_a_tar_says_so_without_its_bytes() {
+    let mut text = b"hello\x1b[31m, this is not an archive\xff\xfe".to_vec();
+    text.resize(4096, b'\x01');
+    let err = refused(text, None).await;
+    let shown = chain(&err);
+    assert!(
+        shown.contains("not a tar archive (header checksum mismatch at byte 0)"),
+        "{shown}"
+    );
+    // bzip2, xz, compress(1) and lz4 are named, with the command that reads them.
+    let cases: [(&[u8], &str); 4] = [
+        (b"BZh91AY&SY\x01\x02", "bzip2-compressed stream"),
+        (b"\xfd7zXZ\x00\x00\x04", "xz-compressed stream"),
+        (
+            b"\x1f\x9d\x90\x2e\x00",
+            "compress(1)-compressed (.Z) stream",
+        ),
+        (b"\x04\x22\x4d\x18\x64\x40", "lz4-compressed stream"),
+    ];
+    for (bytes, said) in cases {
+        let err = refused(bytes.to_vec(), None).await;
+        let shown = chain(&err);
+        assert!(shown.contains(said), "{shown}");
+        assert!(shown.contains("| snapstore import -"), "{shown}");
+        for text in [&shown] {
+            assert!(
+                !text.chars().any(|c| c.is_control() || c == '\u{fffd}'),
+                "{text:?}"
+            );
+        }
+    }
+}
