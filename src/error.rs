@@ -117,6 +117,22 @@ pub enum Error {
         version: u64,
     },
 
+    /// A source directory holds entries with data a snapshot would not carry (symlinks,
+    /// directories with something in them, devices, names that are not UTF-8); nothing was
+    /// saved.
+    #[error(
+        "{} holds what a snapshot cannot carry: {}; nothing was saved \
+         (--dereference stores a symlink's target, --skip-unsupported leaves such entries out)",
+        .dir.display(),
+        list_entries(.entries)
+    )]
+    UnsupportedEntries {
+        /// The source directory.
+        dir: PathBuf,
+        /// Every such entry, with what it is.
+        entries: Vec<crate::types::Skipped>,
+    },
+
     /// A data file to clone or save is not a regular file (a symlink, a directory, a device).
     #[error("{} is not a regular file", .path.display())]
     NotARegularFile {
@@ -246,6 +262,14 @@ impl Error {
             _ => None,
         }
     }
+}
+
+fn list_entries(entries: &[crate::types::Skipped]) -> String {
+    entries
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn join_ids(ids: &[SnapshotId]) -> String {

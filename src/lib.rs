@@ -69,10 +69,10 @@ pub use crate::progress::Progress;
 pub use crate::store::{
     ACCESS_RESOLUTION, CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport,
     DirExportOptions, DirImportOptions, Direct, DirectoryExporter, LocalFile, SaveMode,
-    SaveOptions, Skipped, Snapshot, TarStream,
+    SaveOptions, Snapshot, TarStream,
 };
 pub use crate::sys::tune_malloc_for_one_shot;
-pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, SnapshotId};
+pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, Skipped, SnapshotId};
 pub use crate::units::{parse_duration, parse_size};
 
 /// The README's examples, compiled as doctests so they stay true.

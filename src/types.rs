@@ -313,6 +313,23 @@ pub(crate) mod gotime {
     }
 }
 
+/// A directory entry of a source that is not a data file, and so was not saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The entry's name; a name that is not UTF-8 is given escaped (`disk\xff.raw`).
+    pub name: String,
+    /// What it is: `directory`, `symlink`, `fifo`, `socket`, `device`, `name not UTF-8`,
+    /// `symlink to no regular file`.
+    pub kind: &'static str,
+}
+
+impl std::fmt::Display for Skipped {
+    /// `"name" (kind)`, the name escaped so that no control byte reaches a terminal.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\" ({})", self.name.escape_debug(), self.kind)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

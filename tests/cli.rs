@@ -623,3 +623,43 @@ fn every_directory_the_store_creates_is_0750_whatever_the_umask() {
         }
     }
 }
+
+#[test]
+fn save_refuses_a_symlinked_disk_unless_told_and_lists_what_it_skips() {
+    let (tmp, root, src) = setup();
+    let target = tmp.path().join("x.qcow2");
+    std::fs::write(&target, b"disk").unwrap();
+    std::os::unix::fs::symlink(&target, src.join("overlay.qcow2")).unwrap();
+    std::fs::create_dir(src.join("logs")).unwrap();
+    std::fs::write(src.join("logs/boot.log"), b"log").unwrap();
+
+    let err = fails(&root, &["save", "--name", "a", "--from-dir", s(&src)]);
+    assert!(err.contains("\"overlay.qcow2\" (symlink)"), "{err}");
+    assert!(err.contains("\"logs\" (directory)"), "{err}");
+    assert!(err.contains("nothing was saved"), "{err}");
+    assert_eq!(ok(&root, &["list", "--json"]).trim(), "[]");
+
+    let args = [
+        "--json",
+        "save",
+        "--name",
+        "a",
+        "-L",
+        "--skip-unsupported",
+        "--from-dir",
+    ];
+    let out = snapstore(&root, &[&args[..], &[s(&src)]].concat());
+    assert!(out.status.success(), "{out:?}");
+    let report = json(&String::from_utf8(out.stdout).unwrap());
+    let skipped = &report["skipped"];
+    assert_eq!(
+        skipped,
+        &serde_json::json!([{"name": "logs", "kind": "directory"}])
+    );
+    let files = report["files"].as_array().unwrap();
+    assert!(
+        files.iter().any(|f| f["name"] == "overlay.qcow2"),
+        "{report}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipped \"logs\" (directory)"));
+}

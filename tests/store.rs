@@ -433,6 +433,7 @@ async fn require_cow_without_reflink_fails_and_leaves_nothing() {
     let save = SaveOptions {
         mode: SaveMode::Clone,
         require_cow: true,
+        ..SaveOptions::default()
     };
     assert!(matches!(
         f.store.create(config("c"), f.src.clone(), save).await,
@@ -610,6 +611,7 @@ async fn save_move_consumes_the_source_and_link_shares_memory() {
     let save = SaveOptions {
         mode: SaveMode::Move,
         require_cow: false,
+        ..SaveOptions::default()
     };
     let report = f
         .store
@@ -626,6 +628,7 @@ async fn save_move_consumes_the_source_and_link_shares_memory() {
     let save = SaveOptions {
         mode: SaveMode::Link,
         require_cow: false,
+        ..SaveOptions::default()
     };
     let report = f
         .store
@@ -661,6 +664,7 @@ async fn a_move_refused_up_front_leaves_the_source_alone() {
     let save = SaveOptions {
         mode: SaveMode::Move,
         require_cow: false,
+        ..SaveOptions::default()
     };
     // The name is taken: fails before anything moves.
     assert!(
@@ -673,15 +677,15 @@ async fn a_move_refused_up_front_leaves_the_source_alone() {
 }
 
 #[tokio::test]
-async fn non_regular_entries_are_skipped_and_reported() {
+async fn entries_that_hold_no_data_are_skipped_and_listed() {
     let f = fixture();
-    std::os::unix::fs::symlink("config.json", f.src.join("link")).unwrap();
     std::fs::create_dir(f.src.join("sub")).unwrap();
     nix::unistd::mkfifo(
         &f.src.join("fifo"),
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(f.src.join("sock")).unwrap();
     std::fs::write(
         f.src.join("snapshot.json"),
         r#"{"config":{"name":"x"},"version":1}"#,
@@ -699,9 +703,125 @@ async fn non_regular_entries_are_skipped_and_reported() {
         .collect();
     assert_eq!(
         skipped,
-        [("fifo", "fifo"), ("link", "symlink"), ("sub", "directory")]
+        [("fifo", "fifo"), ("sock", "socket"), ("sub", "directory")]
     );
     assert!(report.files.iter().all(|r| r.name != "snapshot.json"));
+}
+
+/// Saves `f.src` with `opts`; expects [`Error::UnsupportedEntries`] naming `names`, and that
+/// nothing was stored and nothing of the source changed.
+async fn save_refused(f: &Fixture, opts: SaveOptions, names: &[&str]) -> String {
+    let before = store_state(&f.root);
+    let src_before = tree(&f.src);
+    let err = f
+        .store
+        .create(config("base"), f.src.clone(), opts)
+        .await
+        .unwrap_err();
+    let Error::UnsupportedEntries { dir, entries } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(dir, &f.src);
+    let named: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(named, names, "{err}");
+    assert_eq!(store_state(&f.root), before, "nothing stored: {err}");
+    assert_eq!(tree(&f.root.join("snapshot/staging")), Vec::<String>::new());
+    assert_eq!(tree(&f.src), src_before, "the source is untouched: {err}");
+    let text = err.to_string();
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    text
+}
+
+#[tokio::test]
+async fn entries_with_data_the_snapshot_cannot_carry_fail_the_save() {
+    use std::os::unix::ffi::OsStrExt;
+    // A symlinked disk image, as a VM dir in the wild has it.
+    let f = fixture();
+    let images = f.src.parent().unwrap().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("x.qcow2"), b"the real disk").unwrap();
+    std::os::unix::fs::symlink(images.join("x.qcow2"), f.src.join("overlay.qcow2")).unwrap();
+    let text = save_refused(&f, SaveOptions::default(), &["overlay.qcow2"]).await;
+    assert!(text.contains("\"overlay.qcow2\" (symlink)"), "{text}");
+    assert!(text.contains("--dereference"), "{text}");
+
+    // A directory with something in it, and a file whose name is not UTF-8.
+    let f = fixture();
+    std::fs::create_dir(f.src.join("vm")).unwrap();
+    std::fs::write(f.src.join("vm/disk.raw"), b"data").unwrap();
+    let raw = std::ffi::OsStr::from_bytes(b"disk\xff.raw");
+    std::fs::write(f.src.join(raw), b"data").unwrap();
+    let text = save_refused(&f, SaveOptions::default(), &["disk\\xff.raw", "vm"]).await;
+    assert!(text.contains("disk\\\\xff.raw"), "shown escaped: {text}");
+    assert!(!text.contains('\u{fffd}'), "{text}");
+}
+
+#[tokio::test]
+async fn dereference_stores_a_links_target_and_skip_unsupported_lists_the_loss() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let images = f.src.parent().unwrap().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let target = images.join("x.qcow2");
+    std::fs::write(&target, b"the real disk").unwrap();
+    std::os::unix::fs::symlink(&target, f.src.join("overlay.qcow2")).unwrap();
+    std::os::unix::fs::symlink("nowhere", f.src.join("dangling")).unwrap();
+    std::fs::create_dir(f.src.join("vm")).unwrap();
+    std::fs::write(f.src.join("vm/disk.raw"), b"data").unwrap();
+    std::fs::write(f.src.join(std::ffi::OsStr::from_bytes(b"a\xff")), b"x").unwrap();
+
+    // --dereference alone: the dangling link, the dir and the name still fail it.
+    let deref = SaveOptions {
+        dereference: true,
+        ..SaveOptions::default()
+    };
+    save_refused(&f, deref, &["a\\xff", "dangling", "vm"]).await;
+
+    // Both, as a move: the target's content is stored, the link (not the target) is consumed,
+    // and what was left out is listed.
+    let opts = SaveOptions {
+        mode: SaveMode::Move,
+        dereference: true,
+        skip_unsupported: true,
+        ..SaveOptions::default()
+    };
+    let report = f
+        .store
+        .create(config("base"), f.src.clone(), opts)
+        .await
+        .unwrap();
+    let skipped: Vec<(&str, &str)> = report
+        .skipped
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("a\\xff", "name not UTF-8"),
+            ("dangling", "symlink to no regular file"),
+            ("vm", "directory")
+        ]
+    );
+    let stored = f.store.layout().data_dir(&report.id).join("overlay.qcow2");
+    let meta = std::fs::symlink_metadata(&stored).unwrap();
+    assert!(meta.is_file(), "the store holds a file, not a link");
+    assert_ne!(
+        ino(&stored),
+        ino(&target),
+        "never a hardlink of someone else's file"
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), b"the real disk");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"the real disk",
+        "the target stays"
+    );
+    assert!(
+        std::fs::symlink_metadata(f.src.join("overlay.qcow2")).is_err(),
+        "the link went"
+    );
+    assert!(f.src.join("vm/disk.raw").exists(), "what was skipped stays");
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use super::progress::Tracked;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Directory holding the snapshot's files (sockets, fifos, symlinks, subdirs are skipped)
+    /// Directory holding the snapshot's files. A symlink, a non-empty subdirectory, a device
+    /// or a name that is not UTF-8 fails the save; sockets, fifos and empty dirs are skipped
     #[arg(long, value_name = "DIR")]
     from_dir: PathBuf,
     /// Name of the new snapshot
@@ -31,6 +32,12 @@ pub(crate) struct Args {
     /// Fail rather than copy data
     #[arg(long)]
     require_cow: bool,
+    /// Store a symlink to a file as that file's content, under the link's name
+    #[arg(short = 'L', long)]
+    dereference: bool,
+    /// Leave out what a snapshot cannot carry (listed on stderr and in --json) instead of failing
+    #[arg(long)]
+    skip_unsupported: bool,
 }
 
 pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
@@ -52,11 +59,13 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
     let opts = SaveOptions {
         mode,
         require_cow: args.require_cow,
+        dereference: args.dereference,
+        skip_unsupported: args.skip_unsupported,
     };
     let report = store.create(config, args.from_dir, opts).await?;
     drop(store); // clears the progress bar
     for skipped in &report.skipped {
-        out.note(format_args!("skipped {} ({})", skipped.name, skipped.kind));
+        out.note(format_args!("skipped {skipped}"));
     }
     out.files("saved", &report.files);
     if out.json {

@@ -8,7 +8,7 @@ use crate::clone;
 use crate::envelope::{self, Envelope};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Cleanup};
-use crate::store::files::{data_files, require_dir};
+use crate::store::files::{EntryPolicy, data_files, require_dir};
 use crate::store::{CloneOptions, CloneReport, CloneSource, DirExportOptions, LocalFile};
 use crate::types::FileReport;
 
@@ -70,7 +70,7 @@ impl LocalFile {
                 let envelope = envelope::read(src)?;
                 let names = match envelope.files {
                     Some(names) => names,
-                    None => data_files(src)?.0,
+                    None => data_files(src, EntryPolicy::default())?.names,
                 };
                 let (files, cleanup) = self.clone_out(src, &names, dir, ladder)?;
                 cleanup.disarm();
@@ -121,7 +121,7 @@ impl LocalFile {
             fsutil::create_dir_all(dir)?;
             cleanup.push(dir.to_path_buf());
         }
-        let jobs = self.jobs(src, names)?;
+        let jobs = self.jobs(src, names, &Default::default())?;
         let files = clone::run(&jobs, dir, &ladder)?;
         for file in &files {
             cleanup.push(dir.join(&file.name));

@@ -16,8 +16,8 @@ use crate::fsutil::{self, Cleanup};
 use crate::index::IndexLock;
 use crate::layout::sidecar::Sidecar;
 use crate::layout::{DIR_MODE, Lease};
-use crate::store::{CreateReport, LocalFile, Skipped};
-use crate::types::{Config, FileReport, Record, SnapshotId, gotime};
+use crate::store::{CreateReport, LocalFile};
+use crate::types::{Config, FileReport, Record, Skipped, SnapshotId, gotime};
 
 /// What a source put into the staging dir.
 pub(super) struct Staged {

@@ -9,8 +9,8 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::store::create::{Overrides, Source, Staged};
-use crate::store::files::{data_files, require_dir};
-use crate::store::{CreateReport, DirImportOptions, LocalFile, SaveMode, SaveOptions, Skipped};
+use crate::store::files::{DirFiles, EntryPolicy, data_files, require_dir};
+use crate::store::{CreateReport, DirImportOptions, LocalFile, SaveMode, SaveOptions};
 use crate::sys;
 use crate::types::{CloneMethod, Config, FileReport};
 
@@ -38,19 +38,22 @@ impl LocalFile {
         opts: SaveOptions,
     ) -> Result<CreateReport> {
         require_dir(src)?;
-        let (names, skipped) = data_files(src)?;
-        let source = DirSource::new(config, src, names, skipped, opts);
+        let files = data_files(src, EntryPolicy::from(opts))?;
+        let source = DirSource::new(config, src, files, opts);
         self.create_from(source, Overrides::default())
     }
 
     fn import_from_dir_blocking(&self, dir: &Path, opts: DirImportOptions) -> Result<CreateReport> {
         require_dir(dir)?;
         let envelope = envelope::read(dir)?;
-        let (names, skipped) = match envelope.files {
-            Some(names) => (names, Vec::new()),
-            None => data_files(dir)?,
+        let files = match envelope.files {
+            Some(names) => DirFiles {
+                names,
+                ..DirFiles::default()
+            },
+            None => data_files(dir, EntryPolicy::default())?,
         };
-        let source = DirSource::new(envelope.config, dir, names, skipped, SaveOptions::default());
+        let source = DirSource::new(envelope.config, dir, files, SaveOptions::default());
         let overrides = Overrides {
             name: opts.name,
             description: opts.description,
@@ -63,25 +66,17 @@ impl LocalFile {
 struct DirSource {
     config: Config,
     src: PathBuf,
-    names: Vec<String>,
-    skipped: Vec<Skipped>,
+    files: DirFiles,
     opts: SaveOptions,
     moved: MovedBack,
 }
 
 impl DirSource {
-    fn new(
-        config: Config,
-        src: &Path,
-        names: Vec<String>,
-        skipped: Vec<Skipped>,
-        opts: SaveOptions,
-    ) -> DirSource {
+    fn new(config: Config, src: &Path, files: DirFiles, opts: SaveOptions) -> DirSource {
         DirSource {
             config,
             src: src.to_path_buf(),
-            names,
-            skipped,
+            files,
             opts,
             moved: MovedBack::default(),
         }
@@ -94,12 +89,18 @@ impl Source for DirSource {
     }
 
     fn fill(&mut self, store: &LocalFile, staging: &Path) -> Result<Staged> {
-        let mut jobs = store.jobs(&self.src, &self.names)?;
+        let dereferenced = &self.files.dereferenced;
+        let mut jobs = store.jobs(&self.src, &self.files.names, dereferenced)?;
         let mut reports = Vec::new();
         if self.opts.mode == SaveMode::Move {
-            // Rename what can be renamed; what is on another filesystem takes the ladder.
+            // Rename what can be renamed; what is on another filesystem takes the ladder, and
+            // so does a link's target, which is someone else's file: the link is what goes.
             let mut across = Vec::new();
             for job in jobs {
+                if dereferenced.contains(&job.name) {
+                    across.push(job);
+                    continue;
+                }
                 let dst = staging.join(&job.name);
                 match std::fs::rename(&job.src, &dst) {
                     Ok(()) => {
@@ -115,7 +116,7 @@ impl Source for DirSource {
                     Err(e) => return Err(Error::io("move", &job.src, e)),
                 }
             }
-            self.moved.copied = across.iter().map(|j| j.src.clone()).collect();
+            self.moved.copied = across.iter().map(|j| self.src.join(&j.name)).collect();
             jobs = across;
             fsutil::fsync_dir(&self.src)?;
         }
@@ -130,7 +131,7 @@ impl Source for DirSource {
         Ok(Staged {
             config: self.config.clone(),
             files: reports,
-            skipped: std::mem::take(&mut self.skipped),
+            skipped: std::mem::take(&mut self.files.skipped),
         })
     }
 

@@ -31,7 +31,7 @@ pub use read::ACCESS_RESOLUTION;
 use crate::error::Result;
 use crate::gc::GcOrchestrator;
 use crate::layout::Lease;
-use crate::types::{Config, FileReport, Record, SnapshotId};
+use crate::types::{Config, FileReport, Record, Skipped, SnapshotId};
 
 /// A tar stream of a snapshot, as `restore` and `export` hand it out.
 pub type TarStream = Box<dyn std::io::Read + Send>;
@@ -51,12 +51,24 @@ pub enum SaveMode {
 }
 
 /// Options of [`Snapshot::create`].
+///
+/// An entry of the source that holds data the snapshot would not carry (a symlink, a directory
+/// with anything in it, a device, a file whose name is not UTF-8) fails the save with
+/// [`Error::UnsupportedEntries`](crate::Error::UnsupportedEntries), unless these say otherwise.
+/// Sockets, fifos and empty directories hold no data: they are left out and listed in
+/// [`CreateReport::skipped`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SaveOptions {
     /// How files are taken in.
     pub mode: SaveMode,
     /// Fail rather than copy data.
     pub require_cow: bool,
+    /// Store a symlink to a regular file as that file's content, under the link's name (a
+    /// copy or reflink of the target; never a hardlink, never a move of it).
+    pub dereference: bool,
+    /// Leave out entries the snapshot cannot carry, listing them in the report, instead of
+    /// failing the save: the loss is accepted knowingly.
+    pub skip_unsupported: bool,
 }
 
 /// Options of a clone out of the store.
@@ -97,15 +109,6 @@ pub struct DirImportOptions {
     pub name: Option<String>,
     /// Overrides the envelope's description.
     pub description: Option<String>,
-}
-
-/// A directory entry of a source that is not a data file, and so was not saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Skipped {
-    /// The entry's name (lossy UTF-8).
-    pub name: String,
-    /// What it is: `directory`, `symlink`, `fifo`, `socket`, `device`, `non-utf8 name`.
-    pub kind: &'static str,
 }
 
 /// What `create` and `import_from_dir` did.

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::layout::Lease;
 use crate::resolve;
 use crate::store::LocalFile;
-use crate::store::files::data_files;
+use crate::store::files::{EntryPolicy, data_files};
 use crate::types::{Config, Record, gotime};
 
 /// How finely uses are recorded in `last_accessed_at`: a use this soon after the last one
@@ -62,7 +62,7 @@ impl LocalFile {
         reference: &str,
     ) -> Result<(Lease, PathBuf, Config, Vec<String>)> {
         let (dir, config, lease) = self.lease(reference)?;
-        let (names, _) = data_files(&dir)?;
+        let names = data_files(&dir, EntryPolicy::default())?.names;
         Ok((lease, dir, config, names))
     }
 
