@@ -1092,7 +1092,7 @@ async fn malformed_numbers_in_pax_records_are_refused() {
         ("size", ""),
         ("size", "18446744073709551616"),
         ("GNU.sparse.realsize", "abc"),
-        ("COCOON.sparse.size", "1e3"),
+        ("GNU.sparse.major", "1x"),
     ];
     for (key, value) in cases {
         let bytes = Tar::new()
@@ -1161,11 +1161,7 @@ async fn what_is_not_a_tar_says_so_without_its_bytes() {
         let shown = chain(&err);
         assert!(shown.contains(said), "{shown}");
         assert!(shown.contains("| snapstore import -"), "{shown}");
-        for text in [&shown] {
-            assert!(
-                !text.chars().any(|c| c.is_control() || c == '\u{fffd}'),
-                "{text:?}"
-            );
-        }
+        let clean = !shown.chars().any(|c| c.is_control() || c == '\u{fffd}');
+        assert!(clean, "{shown:?}");
     }
 }

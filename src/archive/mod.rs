@@ -15,6 +15,7 @@
 //! explicitly; a writer that stops without saying so (a panic, a dropped thread) reaches the
 //! reader as an error, never as a clean end of an archive that is in fact cut short.
 
+mod checks;
 pub(crate) mod compress;
 pub(crate) mod export;
 pub(crate) mod import;
