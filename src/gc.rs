@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fsutil;
 use crate::index::{Index, IndexLock};
-use crate::layout::{Layout, Lease};
+use crate::layout::{Layout, Lease, last_use};
 use crate::types::{SnapshotId, gotime};
 
 /// How long a pending record whose creator cannot be told apart from a live one is kept.
@@ -200,6 +200,26 @@ impl GcOrchestrator {
     }
 }
 
+/// Brings each record's `last_accessed_at` up to its snapshot's use clock.
+fn fold_uses(layout: &Layout, index: &mut Index) -> Result<()> {
+    let ids: Vec<SnapshotId> = index
+        .records()?
+        .into_iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ids {
+        let Some(used) = last_use(&layout.lease_file(&id)) else {
+            continue;
+        };
+        if let Some(record) = index.get_mut(&id)?
+            && record.last_accessed_at.is_none_or(|t| t < used)
+        {
+            record.last_accessed_at = Some(used);
+        }
+    }
+    Ok(())
+}
+
 /// One gc pass over the store at `layout`.
 pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
     let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
@@ -224,6 +244,9 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
     pass.report.apparent_bytes = index.complete()?.iter().map(|(_, r)| r.size_bytes).sum();
     if !opts.dry_run {
         if !pass.gone.is_empty() {
+            // The index is written anyway: the use clocks go into it, so cocoon (and anyone
+            // reading the JSON) sees them too.
+            fold_uses(layout, &mut index)?;
             index.save(&layout.index_file())?;
         }
         for (id, leased) in &pass.gone {
@@ -410,19 +433,23 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Evicts complete snapshots not in use, least recently accessed first, down to `max`.
+    /// Evicts complete snapshots not in use, least recently used first, down to `max`. A
+    /// snapshot's last use is the later of its record's `last_accessed_at` (which cocoon also
+    /// writes) and its use clock, the lease file's mtime.
     fn evict(&mut self, index: &mut Index, max: u64) -> Result<()> {
         let complete = index.complete()?;
         let mut total: u64 = complete.iter().map(|(_, r)| r.size_bytes).sum();
         let mut candidates: Vec<_> = complete
             .iter()
             .map(|(id, r)| {
-                let used = r.last_accessed_at.unwrap_or(r.created_at);
+                let recorded = r.last_accessed_at.unwrap_or(r.created_at);
+                let used =
+                    last_use(&self.layout.lease_file(id)).map_or(recorded, |t| t.max(recorded));
                 (used, (*id).clone())
             })
             .collect();
         candidates.sort();
-        for (_, id) in candidates {
+        for (used, id) in candidates {
             if total <= max {
                 break;
             }
@@ -439,7 +466,7 @@ impl Pass<'_> {
                 id: id.clone(),
                 name: record.config.name.clone(),
                 size_bytes: record.size_bytes,
-                last_accessed_at: record.last_accessed_at,
+                last_accessed_at: Some(used),
             });
             self.forget(index, &id, &claim);
         }

@@ -67,9 +67,9 @@ pub use crate::gc::{
 pub use crate::layout::{Layout, Lease};
 pub use crate::progress::Progress;
 pub use crate::store::{
-    ACCESS_RESOLUTION, CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport,
-    DirExportOptions, DirImportOptions, Direct, DirectoryExporter, LocalFile, SaveMode,
-    SaveOptions, Snapshot, TarStream,
+    CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, DirExportOptions,
+    DirImportOptions, Direct, DirectoryExporter, LocalFile, SaveMode, SaveOptions, Snapshot,
+    TarStream,
 };
 pub use crate::sys::tune_malloc_for_one_shot;
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, Skipped, SnapshotId};

@@ -263,9 +263,14 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// The lock belongs to the open file description, so it holds across threads of this process
 /// and ends when the process dies, however it dies.
 #[derive(Debug)]
-pub(crate) struct FileLock(#[allow(dead_code)] Flock<File>);
+pub(crate) struct FileLock(Flock<File>);
 
 impl FileLock {
+    /// The locked file.
+    pub(crate) fn file(&self) -> &File {
+        &self.0
+    }
+
     /// Waits for the lock, shared or exclusive.
     pub(crate) fn lock(file: File, exclusive: bool) -> io::Result<FileLock> {
         let arg = if exclusive {

@@ -180,6 +180,39 @@ async fn gc_removes_what_crashes_leave_and_keeps_live_work() {
 }
 
 #[tokio::test]
+async fn eviction_follows_the_true_order_of_use_within_a_second() {
+    // Uses recorded to the minute made three snapshots used in turn look equally old, and gc
+    // evicted the one used last.
+    let f = fixture();
+    let ids = [f.save("a").await, f.save("b").await, f.save("c").await];
+    let size = f.store.inspect("a").await.unwrap().size_bytes;
+    for name in ["c", "a", "b"] {
+        drop(snapstore::Direct::data_dir(&f.store, name).await.unwrap());
+    }
+    let opts = GcOptions {
+        max_bytes: Some(size),
+        ..GcOptions::default()
+    };
+    let report = f.store.gc(opts).await.unwrap();
+    let evicted: Vec<_> = report.evicted.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(evicted, ["c", "a"], "least recently used first: {report:?}");
+    assert_eq!(f.listed().await, ["b"]);
+    // The index gc wrote anyway carries the use clock of what is left.
+    let b = f.index()["snapshots"][ids[1].as_str()]["last_accessed_at"].clone();
+    let used = f
+        .store
+        .inspect("b")
+        .await
+        .unwrap()
+        .last_accessed_at
+        .unwrap();
+    assert_eq!(
+        b.as_str().unwrap(),
+        used.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+}
+
+#[tokio::test]
 async fn max_bytes_evicts_least_recently_used_snapshots_not_in_use() {
     let f = fixture();
     let a = f.save("a").await;

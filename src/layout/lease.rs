@@ -5,10 +5,16 @@
 //! not deleted. The lock lives on the open file, so it holds across processes and vanishes with a
 //! crashed holder. The lease file itself is never deleted while the snapshot may be in use:
 //! flock works on the inode, and a new file under the same name would split the exclusion.
+//!
+//! The lease file's mtime is also the snapshot's use clock: each use sets it to now, to the
+//! nanosecond, so gc's least-recently-used eviction follows the true order of use without a
+//! use ever rewriting the index. A creator sets it to the epoch, which means "no use yet": the
+//! record's `last_accessed_at` (which cocoon also writes) stands until a use is recorded.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -20,9 +26,7 @@ use crate::types::SnapshotId;
 pub struct Lease {
     id: SnapshotId,
     /// `None` on a read-only store, where no one can delete the snapshot anyway.
-    _lock: Option<FileLock>,
-    /// The snapshot's `last_accessed_at` when the lease was taken, if the taker read it.
-    pub(crate) last_used: Option<DateTime<FixedOffset>>,
+    lock: Option<FileLock>,
 }
 
 impl Lease {
@@ -35,8 +39,7 @@ impl Lease {
             .transpose()?;
         Ok(Lease {
             id: id.clone(),
-            _lock: lock,
-            last_used: None,
+            lock,
         })
     }
 
@@ -45,8 +48,7 @@ impl Lease {
         let lock = FileLock::try_lock(open(path)?, true).map_err(|e| Error::io("lock", path, e))?;
         Ok(lock.map(|lock| Lease {
             id: id.clone(),
-            _lock: Some(lock),
-            last_used: None,
+            lock: Some(lock),
         }))
     }
 
@@ -54,6 +56,38 @@ impl Lease {
     pub fn id(&self) -> &SnapshotId {
         &self.id
     }
+
+    /// Records a use of the snapshot now: the lease file's mtime. Best effort: a store on a
+    /// read-only filesystem, or a lease file of another owner, records nothing, which only
+    /// leaves the snapshot looking older to gc's eviction.
+    pub(crate) fn mark_used(&self) {
+        if let Some(lock) = &self.lock {
+            let _ = lock.file().set_modified(SystemTime::now());
+        }
+    }
+
+    /// Marks a new snapshot's lease as not used yet (its mtime to the epoch), so that its
+    /// record's `last_accessed_at` counts until a use is recorded.
+    pub(crate) fn mark_unused(&self, path: &Path) -> Result<()> {
+        match &self.lock {
+            Some(lock) => lock
+                .file()
+                .set_modified(SystemTime::UNIX_EPOCH)
+                .map_err(|e| Error::io("set the use time of", path, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// When the snapshot whose lease file is `path` was last used, by its use clock; `None` when
+/// no use was recorded there (no lease file, or one a creator marked unused).
+pub(crate) fn last_use(path: &Path) -> Option<DateTime<FixedOffset>> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    let since = modified.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    if since < Duration::from_secs(1) {
+        return None;
+    }
+    Some(DateTime::<Utc>::from(modified).fixed_offset())
 }
 
 fn open(path: &Path) -> Result<std::fs::File> {

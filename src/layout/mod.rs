@@ -18,6 +18,7 @@ pub(crate) mod sidecar;
 use std::path::{Path, PathBuf};
 
 pub use lease::Lease;
+pub(crate) use lease::last_use;
 
 use crate::error::Result;
 use crate::fsutil;

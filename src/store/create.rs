@@ -133,6 +133,7 @@ impl<'a> Creation<'a> {
         let lease_path = layout.lease_file(&id);
         let build = Lease::try_exclusive(&lease_path, &id)?
             .ok_or_else(|| Error::InUse { id: id.clone() })?;
+        build.mark_unused(&lease_path)?;
         // No one else can be waiting on the lease of a snapshot that never completed.
         let mut lease_file = Cleanup::new();
         lease_file.push(lease_path);

@@ -26,7 +26,6 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use localfile::LocalFile;
-pub use read::ACCESS_RESOLUTION;
 
 use crate::error::Result;
 use crate::gc::GcOrchestrator;
@@ -228,7 +227,7 @@ pub trait Snapshot {
 pub trait Direct {
     /// The data dir of the snapshot `reference` names, its config, and a lease: while the lease
     /// is held, in this process or another, the snapshot cannot be deleted (except by
-    /// `rm --force`). Updates `last_accessed_at`.
+    /// `rm --force`). Records the use on the snapshot's use clock (see `inspect`).
     ///
     /// ```no_run
     /// # async fn demo(store: snapstore::LocalFile) -> snapstore::Result<()> {

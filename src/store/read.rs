@@ -1,18 +1,14 @@
 //! Reading the store: list, inspect, and the leases every reader holds, with the use they
-//! record for gc's least-recently-used eviction.
+//! record on the lease's use clock for gc's least-recently-used eviction.
 
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::layout::Lease;
+use crate::layout::{Lease, last_use};
 use crate::resolve;
 use crate::store::LocalFile;
 use crate::store::files::{EntryPolicy, data_files};
-use crate::types::{Config, Record, gotime};
-
-/// How finely uses are recorded in `last_accessed_at`: a use this soon after the last one
-/// recorded does not rewrite the index.
-pub const ACCESS_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
+use crate::types::{Config, Record};
 
 impl LocalFile {
     pub(super) fn list_blocking(&self) -> Result<Vec<Record>> {
@@ -26,12 +22,16 @@ impl LocalFile {
         Ok(records)
     }
 
+    /// The record, with `last_accessed_at` brought up to the snapshot's use clock.
     pub(super) fn inspect_blocking(&self, reference: &str) -> Result<Record> {
         let mut index = self.read_index()?;
         let id = resolve::resolve(&index, reference)?;
-        index.get(&id)?.cloned().ok_or_else(|| Error::NotFound {
+        let mut record = index.get(&id)?.cloned().ok_or_else(|| Error::NotFound {
             reference: reference.to_string(),
-        })
+        })?;
+        let used = last_use(&self.layout().lease_file(&id));
+        record.last_accessed_at = record.last_accessed_at.max(used);
+        Ok(record)
     }
 
     pub(super) fn data_dir_blocking(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
@@ -43,7 +43,7 @@ impl LocalFile {
     /// The data dir and config of the snapshot `reference` names, under a shared lease.
     pub(super) fn lease(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
         let id = resolve::resolve(&self.read_index()?, reference)?;
-        let mut lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
+        let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
         // A delete may have finished between the lookup and the lease: look again under it.
         let mut index = self.read_index()?;
         let record = index
@@ -52,7 +52,6 @@ impl LocalFile {
             .ok_or_else(|| Error::NotFound {
                 reference: reference.to_string(),
             })?;
-        lease.last_used = record.last_accessed_at;
         Ok((self.layout().data_dir(&id), record.config.clone(), lease))
     }
 
@@ -66,35 +65,11 @@ impl LocalFile {
         Ok((lease, dir, config, names))
     }
 
-    /// Records a use of the leased snapshot (for gc's least-recently-used eviction). Called once
-    /// the use succeeded, so a failed clone or export leaves the index as it was.
-    ///
-    /// As `relatime` does for atime, a use within [`ACCESS_RESOLUTION`] of the last one recorded
-    /// is not written: cloning one snapshot for many VMs in a row rewrites the index once, not
-    /// once per VM. A read-only store records nothing, and is not an error to read from.
+    /// Records a use of the leased snapshot (for gc's least-recently-used eviction) on its
+    /// use clock, the lease file's mtime: exact to the nanosecond, and never an index write.
+    /// Called once the use succeeded, so a failed clone or export records nothing.
     pub(super) fn touch(&self, lease: &Lease) -> Result<()> {
-        let now = gotime::now();
-        let recent = lease
-            .last_used
-            .and_then(|t| (now - t).to_std().ok())
-            .is_some_and(|age| age < ACCESS_RESOLUTION);
-        if recent {
-            return Ok(());
-        }
-        let id = lease.id();
-        let touched = self.update_index(|index| {
-            if let Some(record) = index.get_mut(id)? {
-                record.last_accessed_at = Some(now);
-            }
-            Ok(())
-        });
-        match touched {
-            Err(Error::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
-            {
-                Ok(())
-            }
-            other => other,
-        }
+        lease.mark_used();
+        Ok(())
     }
 }
