@@ -23,12 +23,26 @@ pub fn import_tar(bytes: &[u8], staging: &Path) -> Result<()> {
     import::read_tar(input, label, staging, FUZZ_MAX_FILE_SIZE, false, &progress).map(drop)
 }
 
+/// What [`parse_index_and_envelope`] found `bytes` to be, so that a regression test can say
+/// what its input must parse as, and not pass because it stopped parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// It parsed as an index with readable records, and round-tripped.
+    pub index: bool,
+    /// It parsed as an envelope, and round-tripped.
+    pub envelope: bool,
+}
+
 /// Parses `bytes` as an index and as an envelope; what parses must survive a write and a read.
 ///
 /// # Panics
 /// When a parsed index or envelope does not read back as itself: a real bug.
-pub fn parse_index_and_envelope(bytes: &[u8]) {
+pub fn parse_index_and_envelope(bytes: &[u8]) -> Parsed {
     let label = Path::new("<fuzz input>");
+    let mut parsed = Parsed {
+        index: false,
+        envelope: false,
+    };
     if let Ok(mut index) = Index::parse(bytes, label)
         && index.records().is_ok()
     {
@@ -36,12 +50,15 @@ pub fn parse_index_and_envelope(bytes: &[u8]) {
         let written = serde_json::to_vec(&first).expect("a parsed index serializes");
         let mut again = Index::parse(&written, label).expect("a written index parses");
         assert_eq!(from_fields(&mut again), first, "index round trip");
+        parsed.index = true;
     }
     if let Ok(envelope) = Envelope::parse(bytes, label) {
         let again = Envelope::parse(&envelope.to_bytes(), Path::new("<fuzz output>"))
             .expect("a written envelope parses");
         assert_eq!(again, envelope, "envelope round trip");
+        parsed.envelope = true;
     }
+    parsed
 }
 
 /// The index as JSON with every record written from its parsed fields, not its raw bytes, so

@@ -9,23 +9,25 @@ use std::path::Path;
 
 use serde_json::Value;
 
+/// The sizes every bench test runs with: small, so a run takes seconds.
+const SIZES: [&str; 10] = [
+    "--memory",
+    "1M",
+    "--disk",
+    "16M",
+    "--disk-data",
+    "256K",
+    "--runs",
+    "1",
+    "--index-snapshots",
+    "50",
+];
+
 /// Runs a small `snapstore --json bench` with `args` and `env`; its rows.
 fn bench(args: &[&str], env: &[(&str, &Path)]) -> Vec<Value> {
-    let sizes = [
-        "--memory",
-        "1M",
-        "--disk",
-        "16M",
-        "--disk-data",
-        "256K",
-        "--runs",
-        "1",
-        "--index-snapshots",
-        "50",
-    ];
     let out = common::command()
         .args(["--json", "bench"])
-        .args(sizes)
+        .args(SIZES)
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -72,11 +74,13 @@ fn check(rows: &[Value], fs: &str) {
             s["max"].as_f64().unwrap(),
         );
         assert!(0.0 < min && min <= median && median <= max, "{row}");
-        if let Some(base) = row["baseline_time"].as_object() {
-            let ratio = row["ratio"].as_f64().unwrap();
-            let expect = median / base["median"].as_f64().unwrap();
-            assert!((ratio - expect).abs() < 1e-9, "{row}");
-        }
+        // A ratio stands exactly where a baseline was timed; its value is checked against the
+        // times the table prints, in `printed_ratios_follow_the_printed_times`.
+        assert_eq!(
+            row["ratio"].is_f64(),
+            row["baseline_time"].is_object(),
+            "{row}"
+        );
     }
     let save = rows
         .iter()
@@ -127,4 +131,72 @@ fn bench_on_a_scratch_filesystem_removes_it_afterwards() {
         !mounts.contains(base.path().to_str().unwrap()),
         "still mounted"
     );
+}
+
+/// Seconds as the table prints them: `0.123s [0.100-0.200]`; the median.
+fn printed_secs(cell: &str) -> f64 {
+    cell.split('s').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn printed_ratios_follow_the_printed_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = common::command()
+        .arg("bench")
+        .args(SIZES)
+        .arg("--dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header[..6],
+        [
+            "RATIO",
+            "FS",
+            "OPERATION",
+            "SNAPSTORE",
+            "BASELINE",
+            "BASELINE TIME"
+        ]
+    );
+    let mut checked = 0;
+    for line in lines {
+        let cells: Vec<&str> = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let (ratio, ours, theirs) = (cells[0], cells[3], cells[5]);
+        if ratio == "-" {
+            assert_eq!(theirs, "-", "{line}");
+            continue;
+        }
+        let ratio: f64 = ratio.trim_end_matches('x').parse().unwrap();
+        let (a, b) = (printed_secs(ours), printed_secs(theirs));
+        if b < 0.002 {
+            continue; // too few printed digits to bound the quotient
+        }
+        // Each printed figure is rounded: to 3 decimals for times, 2 for the ratio.
+        let (lo, hi) = ((a - 0.0005) / (b + 0.0005), (a + 0.0005) / (b - 0.0005));
+        assert!(
+            lo - 0.005 <= ratio && ratio <= hi + 0.005,
+            "{line}: {ratio} is not {a}/{b}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "{text}");
 }

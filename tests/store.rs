@@ -18,13 +18,9 @@ fn fixture() -> Fixture {
     Fixture::new(4 * MIB, 64 * MIB, 2 * MIB)
 }
 
-fn on_ext4(path: &Path) -> bool {
-    let out = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "ext2/ext3"
+/// What the store's filesystem can do for a clone into `dir`, found by trying (the probe).
+async fn capabilities(store: &LocalFile, dir: &Path) -> snapstore::Capabilities {
+    store.probe(dir.to_path_buf()).await.unwrap()
 }
 
 #[tokio::test]
@@ -288,34 +284,51 @@ async fn a_lease_blocks_delete_until_dropped_unless_forced() {
 }
 
 #[tokio::test]
-async fn uses_update_last_accessed_at_to_the_minute() {
+async fn uses_are_recorded_exactly_and_never_rewrite_the_index() {
     let f = fixture();
     let id = f.save("base").await;
     let index_path = f.root.join("snapshot/db/snapshots.json");
-    let last_used = |f: &Fixture| {
-        let index = index_json(&f.root);
-        index["snapshots"][id.as_str()]["last_accessed_at"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    // As if last used an hour ago.
-    let mut index = index_json(&f.root);
-    index["snapshots"][id.as_str()]["last_accessed_at"] = "2026-01-01T10:00:00Z".into();
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
-
-    drop(f.store.data_dir("base").await.unwrap());
-    let used = last_used(&f);
-    assert!(used.as_str() > "2026-01-01T10:00:00Z", "{used}");
-    // Used again within the minute: the index is not rewritten.
+    let saved = f
+        .store
+        .inspect("base")
+        .await
+        .unwrap()
+        .last_accessed_at
+        .unwrap();
     let before = std::fs::read(&index_path).unwrap();
+
     let run = f.scratch("run");
     clone_ref(&f.store, "base", run, CloneOptions::default())
         .await
         .unwrap();
+    let cloned = f
+        .store
+        .inspect("base")
+        .await
+        .unwrap()
+        .last_accessed_at
+        .unwrap();
     drop(f.store.data_dir("base").await.unwrap());
-    assert_eq!(std::fs::read(&index_path).unwrap(), before);
-    assert!(snapstore::ACCESS_RESOLUTION.as_secs() >= 1);
+    let leased = f
+        .store
+        .inspect("base")
+        .await
+        .unwrap()
+        .last_accessed_at
+        .unwrap();
+    assert!(
+        saved < cloned && cloned < leased,
+        "{saved} {cloned} {leased}"
+    );
+    // The use clock is the lease file's mtime, as the kernel keeps it.
+    let lease = f.root.join(format!("snapshot/localfile/{id}.lease"));
+    let mtime = std::fs::metadata(&lease).unwrap().modified().unwrap();
+    assert_eq!(chrono::DateTime::<chrono::Utc>::from(mtime), leased);
+    assert_eq!(
+        std::fs::read(&index_path).unwrap(),
+        before,
+        "no use rewrote the index"
+    );
 }
 
 #[tokio::test]
@@ -323,6 +336,7 @@ async fn clone_out_links_memory_and_copies_disks_with_holes() {
     let f = fixture();
     f.save("base").await;
     let run = f.scratch("run");
+    let caps = capabilities(&f.store, &f.scratch("")).await;
     let report = clone_ref(&f.store, "base", run.clone(), CloneOptions::default())
         .await
         .unwrap();
@@ -350,20 +364,19 @@ async fn clone_out_links_memory_and_copies_disks_with_holes() {
             "{} allocates no more than its source",
             file.name
         );
-        if on_ext4(&run) {
-            let want = if file.name == "memory-range-0" {
-                CloneMethod::Hardlink
-            } else {
-                CloneMethod::Copy
-            };
-            assert_eq!(file.method, want, "{}", file.name);
-            assert_eq!(
-                ino(&src) == ino(&dst),
-                want == CloneMethod::Hardlink,
-                "{}",
-                file.name
-            );
-        }
+        // The rung the probe says this filesystem gives each class, whatever it is.
+        let want = if file.name == "memory-range-0" {
+            caps.memory_files
+        } else {
+            caps.other_files
+        };
+        assert_eq!(file.method, want, "{}", file.name);
+        assert_eq!(
+            ino(&src) == ino(&dst),
+            want == CloneMethod::Hardlink,
+            "{}",
+            file.name
+        );
     }
     // A sparse disk stays sparse: 64 MiB apparent, 2 MiB of data.
     assert!(blocks(&run.join("cow.raw")) * 512 < 4 * MIB);
@@ -414,8 +427,11 @@ async fn clone_into_a_non_empty_dir_fails_and_touches_nothing() {
 async fn require_cow_without_reflink_fails_and_leaves_nothing() {
     let f = fixture();
     f.save("base").await;
-    if !on_ext4(&f.root) {
-        eprintln!("SKIPPED: temp dir is not ext4");
+    if capabilities(&f.store, &f.scratch(""))
+        .await
+        .reflink_from_store
+    {
+        eprintln!("SKIPPED: the temp dir reflinks, as the probe found: no copy to refuse");
         return;
     }
     let run = f.scratch("cow-only");
@@ -636,16 +652,17 @@ async fn save_move_consumes_the_source_and_link_shares_memory() {
         .await
         .unwrap();
     let data = f.root.join("snapshot/localfile").join(report.id.as_str());
-    if on_ext4(&f.root) {
+    let caps = capabilities(&f.store, &f.src).await;
+    {
         let mem = report
             .files
             .iter()
             .find(|r| r.name == "memory-range-0")
             .unwrap();
-        assert_eq!(mem.method, CloneMethod::Hardlink);
+        assert_eq!(mem.method, caps.memory_files);
         assert_eq!(
-            ino(&f.src.join("memory-range-0")),
-            ino(&data.join("memory-range-0"))
+            ino(&f.src.join("memory-range-0")) == ino(&data.join("memory-range-0")),
+            caps.memory_files == CloneMethod::Hardlink
         );
         assert_ne!(
             ino(&f.src.join("cow.raw")),
@@ -869,8 +886,13 @@ async fn progress_counts_the_data_bytes_that_copies_and_tar_move() {
         .create(config("a"), f.src.clone(), SaveOptions::default())
         .await
         .unwrap();
-    // ext4 here: every file is copied, holes skipped.
-    assert_eq!(saving.done(), data);
+    // Copies count their bytes, holes skipped; reflinks copy none.
+    let copied = if capabilities(&f.store, &f.src).await.reflink_from_store {
+        0
+    } else {
+        data
+    };
+    assert_eq!(saving.done(), copied);
 
     let exporting = snapstore::Progress::new();
     let archive = f.scratch("a.tar");
