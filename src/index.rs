@@ -151,6 +151,17 @@ impl Index {
             .map(|(id, _)| id)
     }
 
+    /// The IDs of complete records from `from` on, in ID order.
+    pub(crate) fn complete_ids_from<'a>(
+        &'a self,
+        from: &str,
+    ) -> impl Iterator<Item = &'a SnapshotId> + 'a {
+        self.snapshots
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .filter(|(_, e)| !e.pending())
+            .map(|(id, _)| id)
+    }
+
     /// The IDs of pending records, in ID order.
     pub(crate) fn pending_ids(&self) -> impl Iterator<Item = &SnapshotId> {
         self.snapshots

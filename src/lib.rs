@@ -40,6 +40,7 @@ pub mod fuzzing;
 mod gc;
 mod index;
 mod layout;
+mod lookup;
 mod progress;
 mod resolve;
 mod store;

@@ -1,5 +1,8 @@
 //! Ref resolution: a ref is an exact ID, else an exact name, else an ID prefix of at least
 //! three characters that matches exactly one snapshot. Pending snapshots never resolve.
+//!
+//! The rule is written once, over [`Refs`]: the parsed index answers it, and so does the
+//! derived lookup table (`lookup`), which answers without reading the whole index.
 
 use crate::error::{Error, Result};
 use crate::index::Index;
@@ -8,28 +11,55 @@ use crate::types::SnapshotId;
 /// The shortest ID prefix that resolves; shorter ones would match too much by accident.
 pub(crate) const MIN_PREFIX: usize = 3;
 
+/// What resolution asks of an index.
+pub(crate) trait Refs {
+    /// The ID of the complete record whose ID is exactly `id`.
+    fn complete_id(&self, id: &str) -> Result<Option<SnapshotId>>;
+    /// The ID `name` points at, when that record is complete.
+    fn complete_named(&self, name: &str) -> Result<Option<SnapshotId>>;
+    /// The IDs of complete records that start with `prefix`, in ID order.
+    fn complete_with_prefix(&self, prefix: &str) -> Result<Vec<SnapshotId>>;
+}
+
+impl Refs for Index {
+    fn complete_id(&self, id: &str) -> Result<Option<SnapshotId>> {
+        Ok(Index::complete_id(self, id).cloned())
+    }
+
+    fn complete_named(&self, name: &str) -> Result<Option<SnapshotId>> {
+        Ok(self
+            .names
+            .get(name)
+            .filter(|id| self.is_complete(id.as_str()))
+            .cloned())
+    }
+
+    fn complete_with_prefix(&self, prefix: &str) -> Result<Vec<SnapshotId>> {
+        Ok(self
+            .complete_ids_from(prefix)
+            .take_while(|id| id.as_str().starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+}
+
 /// The complete snapshot `reference` names.
 ///
 /// # Errors
-/// [`Error::NotFound`] when nothing matches; [`Error::Ambiguous`] when a prefix matches several.
-pub(crate) fn resolve(index: &Index, reference: &str) -> Result<SnapshotId> {
-    if let Some(id) = index.complete_id(reference) {
-        return Ok(id.clone());
+/// [`Error::NotFound`] when nothing matches; [`Error::Ambiguous`] when a prefix matches several;
+/// what `index` fails with.
+pub(crate) fn resolve(index: &impl Refs, reference: &str) -> Result<SnapshotId> {
+    if let Some(id) = index.complete_id(reference)? {
+        return Ok(id);
     }
-    if let Some(id) = index.names.get(reference)
-        && index.is_complete(id.as_str())
-    {
-        return Ok(id.clone());
+    if let Some(id) = index.complete_named(reference)? {
+        return Ok(id);
     }
     if reference.len() >= MIN_PREFIX {
-        let matches: Vec<SnapshotId> = index
-            .complete_ids()
-            .filter(|id| id.as_str().starts_with(reference))
-            .cloned()
-            .collect();
+        let mut matches = index.complete_with_prefix(reference)?;
         match matches.len() {
             0 => {}
-            1 => return Ok(matches.into_iter().next().expect("one match")),
+            1 => return Ok(matches.remove(0)),
             _ => {
                 return Err(Error::Ambiguous {
                     reference: reference.to_string(),
@@ -44,7 +74,10 @@ pub(crate) fn resolve(index: &Index, reference: &str) -> Result<SnapshotId> {
 }
 
 /// Every ref resolved, duplicates dropped, in the order first named; fails on the first bad ref.
-pub(crate) fn resolve_many<S: AsRef<str>>(index: &Index, refs: &[S]) -> Result<Vec<SnapshotId>> {
+pub(crate) fn resolve_many<S: AsRef<str>>(
+    index: &impl Refs,
+    refs: &[S],
+) -> Result<Vec<SnapshotId>> {
     let mut ids: Vec<SnapshotId> = Vec::with_capacity(refs.len());
     for reference in refs {
         let id = resolve(index, reference.as_ref())?;

@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "fsutil",
     "index",
     "resolve",
+    "lookup",
     "envelope",
     "layout",
     "clone",

@@ -3,6 +3,7 @@
 //! ```text
 //! R/snapshot/db/snapshots.json     the index
 //! R/snapshot/db/snapshots.lock     flock'd around every index read-modify-write
+//! R/snapshot/db/snapshots.lookup   derived from the index: IDs and names to records' places
 //! R/snapshot/localfile/ID/         a snapshot's data files, flat
 //! R/snapshot/localfile/ID.lease    its lease (a file: cocoon's gc takes unknown dirs for orphans)
 //! R/snapshot/localfile/ID.json     its sidecar: a copy of its record and file list, for fsck
@@ -74,6 +75,11 @@ impl Layout {
     /// `R/snapshot/db/snapshots.json`.
     pub fn index_file(&self) -> PathBuf {
         self.db_dir().join("snapshots.json")
+    }
+
+    /// `R/snapshot/db/snapshots.lookup`: derived from the index, for cheap lookups.
+    pub fn lookup_file(&self) -> PathBuf {
+        self.db_dir().join("snapshots.lookup")
     }
 
     /// `R/snapshot/db/snapshots.lock`.

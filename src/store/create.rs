@@ -81,6 +81,8 @@ impl LocalFile {
         let id = creation.commit(config, &staged.files, &mut |from, to| {
             source.relocated(from, to);
         })?;
+        drop(creation);
+        self.refresh_lookup();
         source.finish()?;
         Ok(CreateReport {
             id,
@@ -93,6 +95,19 @@ impl LocalFile {
     fn check_name_free(&self, name: &str) -> Result<()> {
         if name.is_empty() {
             return Ok(());
+        }
+        if let Some(lookup) = self.lookup()? {
+            let holder = lookup.holder(name);
+            if !lookup.broken() {
+                return match holder {
+                    Some(id) => Err(Error::NameTaken {
+                        name: name.to_string(),
+                        id,
+                    }),
+                    None => Ok(()),
+                };
+            }
+            self.drop_lookup();
         }
         let layout = self.layout();
         let _lock = IndexLock::acquire(&layout.index_lock(), false)?;

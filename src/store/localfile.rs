@@ -5,22 +5,27 @@
 //! (from a directory), `tar` (tar streams in and out), `read` (list, inspect, leases), `clone_out`
 //! (clone and export to a directory), `delete`, and `maintain` (gc, fsck, du).
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::{Compression, ExportOptions, ImportOptions};
 use crate::clone::{self, FileClasses};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::gc::GcOrchestrator;
 use crate::index::{Index, IndexCache, IndexLock};
 use crate::layout::{DIR_MODE, Layout, Lease};
+use crate::lookup::{self, Identity, Lookup};
 use crate::progress::Progress;
 use crate::store::{
     CloneReport, CompressedExporter, CreateReport, DirExportOptions, Direct, DirectoryExporter,
     SaveOptions, Snapshot, TarStream,
 };
 use crate::types::{Config, Record, SnapshotId};
+
+/// Mode of the lookup table: readable as the index is.
+const LOOKUP_MODE: u32 = 0o644;
 
 /// The local-filesystem snapshot store. Cheap to clone; every clone shares one root.
 #[derive(Debug, Clone)]
@@ -134,11 +139,58 @@ impl LocalFile {
     /// Runs `f` on the index under the exclusive lock and saves the result if `f` succeeds.
     pub(super) fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let layout = self.layout();
-        let _lock = IndexLock::acquire(&layout.index_lock(), true)?;
+        let lock = IndexLock::acquire(&layout.index_lock(), true)?;
         let mut index = self.inner.index.take(&layout.index_file())?;
         let out = f(&mut index)?;
         self.inner.index.save(&layout.index_file(), index)?;
+        drop(lock);
+        self.refresh_lookup();
         Ok(out)
+    }
+
+    /// The lookup table of the index as it is now (see `lookup.rs`): the one on disk when it is
+    /// trusted for this very index file, else one built from the index, and saved for the next
+    /// reader when it may be trusted later. `None` for a store without an index yet, or one the
+    /// table cannot describe: the caller then reads the whole index, which reports what is wrong.
+    pub(super) fn lookup(&self) -> Result<Option<Lookup>> {
+        let layout = self.layout();
+        let _lock = IndexLock::acquire(&layout.index_lock(), false)?;
+        let path = layout.index_file();
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path, e)),
+        };
+        let meta = file.metadata().map_err(|e| Error::io("stat", &path, e))?;
+        let identity = Identity::of(&meta);
+        let table_path = layout.lookup_file();
+        let same = file.try_clone().map_err(|e| Error::io("open", &path, e))?;
+        if let Some(lookup) = Lookup::open(&table_path, same, identity) {
+            return Ok(Some(lookup));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        (&file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &path, e))?;
+        let Ok(table) = lookup::build(&bytes, identity) else {
+            return Ok(None);
+        };
+        if lookup::trusted_for(&table, identity) {
+            // Derived data: a table that cannot be saved (a read-only store) is built again.
+            let _ = fsutil::write_atomic(&table_path, &table, LOOKUP_MODE);
+        }
+        Ok(Lookup::in_memory(table, file))
+    }
+
+    /// Removes a lookup table found broken, so that the next reader builds it anew.
+    pub(super) fn drop_lookup(&self) {
+        let _ = std::fs::remove_file(self.layout().lookup_file());
+    }
+
+    /// Brings the lookup table up to the index just written, so that the next reader finds it
+    /// ready. Best effort: a reader rebuilds a table that is not.
+    pub(super) fn refresh_lookup(&self) {
+        let _ = self.lookup();
     }
 }
 

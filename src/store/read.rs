@@ -8,7 +8,7 @@ use crate::layout::{Lease, last_use};
 use crate::resolve;
 use crate::store::LocalFile;
 use crate::store::files::{EntryPolicy, data_files};
-use crate::types::{Config, Record};
+use crate::types::{Config, Record, SnapshotId};
 
 impl LocalFile {
     pub(super) fn list_blocking(&self) -> Result<Vec<Record>> {
@@ -24,11 +24,17 @@ impl LocalFile {
 
     /// The record, with `last_accessed_at` brought up to the snapshot's use clock.
     pub(super) fn inspect_blocking(&self, reference: &str) -> Result<Record> {
-        let mut index = self.read_index()?;
-        let id = resolve::resolve(&index, reference)?;
-        let mut record = index.get(&id)?.cloned().ok_or_else(|| Error::NotFound {
-            reference: reference.to_string(),
-        })?;
+        let (id, mut record) = match self.look_up(reference)? {
+            Some(found) => found,
+            None => {
+                let mut index = self.read_index()?;
+                let id = resolve::resolve(&index, reference)?;
+                let record = index.get(&id)?.cloned().ok_or_else(|| Error::NotFound {
+                    reference: reference.to_string(),
+                })?;
+                (id, record)
+            }
+        };
         let used = last_use(&self.layout().lease_file(&id));
         record.last_accessed_at = record.last_accessed_at.max(used);
         Ok(record)
@@ -40,19 +46,50 @@ impl LocalFile {
         Ok((dir, config, lease))
     }
 
+    /// The snapshot `reference` names and its record, through the lookup table: a few reads,
+    /// whatever the size of the index. `None` when there is no table to trust, or the record it
+    /// points at is not the one it should be: the caller then reads the whole index.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Ambiguous`], as the table (trusted for this very index
+    /// file) answers them.
+    fn look_up(&self, reference: &str) -> Result<Option<(SnapshotId, Record)>> {
+        let Some(lookup) = self.lookup()? else {
+            return Ok(None);
+        };
+        let resolved = resolve::resolve(&lookup, reference);
+        if lookup.broken() {
+            self.drop_lookup();
+            return Ok(None);
+        }
+        let id = resolved?;
+        let Some(record) = lookup.record(&id) else {
+            return Ok(None);
+        };
+        // What matched must be what the record says: its ID, its name, or a prefix of its ID.
+        let matched = record.config.name == reference || id.as_str().starts_with(reference);
+        Ok((matched && !record.pending).then_some((id, record)))
+    }
+
     /// The data dir and config of the snapshot `reference` names, under a shared lease.
     pub(super) fn lease(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
-        let id = resolve::resolve(&self.read_index()?, reference)?;
+        let id = match self.look_up(reference)? {
+            Some((id, _)) => id,
+            None => resolve::resolve(&self.read_index()?, reference)?,
+        };
         let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
         // A delete may have finished between the lookup and the lease: look again under it.
-        let mut index = self.read_index()?;
-        let record = index
-            .get(&id)?
+        let again = self.lookup()?.and_then(|lookup| lookup.record(&id));
+        let record = match again {
+            Some(record) => Some(record),
+            None => self.read_index()?.get(&id)?.cloned(),
+        };
+        let record = record
             .filter(|r| !r.pending)
             .ok_or_else(|| Error::NotFound {
                 reference: reference.to_string(),
             })?;
-        Ok((self.layout().data_dir(&id), record.config.clone(), lease))
+        Ok((self.layout().data_dir(&id), record.config, lease))
     }
 
     /// The snapshot's data dir, config and file names, under a lease held until dropped.

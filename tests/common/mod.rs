@@ -234,9 +234,12 @@ pub fn tree(dir: &Path) -> Vec<String> {
 /// and lease files (which are created by readers and are not state).
 pub fn store_state(root: &Path) -> (Vec<u8>, Vec<String>) {
     let index = std::fs::read(root.join("snapshot/db/snapshots.json")).unwrap_or_default();
+    // Leases and locks are not content, and the lookup table is derived from the index, built
+    // again by any reader that finds it missing or stale.
     let paths = tree(root)
         .into_iter()
         .filter(|p| !p.ends_with(".lease") && !p.ends_with(".lock"))
+        .filter(|p| !p.ends_with("snapshots.lookup"))
         .collect();
     (index, paths)
 }
