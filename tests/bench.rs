@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::Value;
 
 /// The sizes every bench test runs with: small, so a run takes seconds.
-const SIZES: [&str; 10] = [
+const SIZES: [&str; 12] = [
     "--memory",
     "1M",
     "--disk",
@@ -20,7 +20,9 @@ const SIZES: [&str; 10] = [
     "--runs",
     "1",
     "--index-snapshots",
-    "50",
+    "20,50",
+    "--extents",
+    "64",
 ];
 
 /// Runs a small `snapstore --json bench` with `args` and `env`; its rows.
@@ -60,9 +62,17 @@ fn check(rows: &[Value], fs: &str) {
         "export --gzip",
         "export --zstd",
         "rm",
-        "list --json (index)",
-        "inspect PREFIX (index)",
-        "save, no data (index)",
+        "clone, 64 extents",
+        "clone NAME (scale)",
+        "clone PREFIX (scale)",
+        "inspect NAME (scale)",
+        "inspect PREFIX (scale)",
+        "save (scale)",
+        "rm NAME (scale)",
+        "clone (scale)",
+        "list --json (scale)",
+        "gc (scale)",
+        "fsck (scale)",
     ] {
         assert!(ops.contains(&op), "{fs}: {op} missing from {ops:?}");
     }

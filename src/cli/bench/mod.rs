@@ -12,6 +12,7 @@
 //! durable baseline. `--scratch-fs` makes loop-mounted images (root only) and removes them
 //! afterwards, also on Ctrl-C or SIGTERM.
 
+mod extents;
 mod index;
 mod ops;
 mod render;
@@ -49,9 +50,13 @@ pub(crate) struct Args {
     /// Timed runs of each command (at least 20 of one that takes under 0.1 s)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
-    /// Snapshots in the index for the index timings (list, inspect, save overhead); 0 skips them
-    #[arg(long, default_value_t = 10_000)]
-    index_snapshots: usize,
+    /// Store sizes for the scale rows (clone, inspect, save, rm, list, gc, fsck against a store
+    /// of one snapshot); 0 skips them
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    index_snapshots: Vec<usize>,
+    /// Extent counts of the disks the extents rows clone; 0 skips them
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    extents: Vec<usize>,
 }
 
 /// Mounted scratch filesystems, shared with the Ctrl-C handler so it can remove them.
@@ -122,10 +127,39 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
             .prefix("snapstore-bench-")
             .tempdir_in(&target)
             .with_context(|| format!("cannot make a work dir in {}", target.display()))?;
-        rows.extend(ops::Run::new(dir.path(), &workload, args.runs, out)?.all()?);
-        if args.index_snapshots > 0 {
-            let count = args.index_snapshots;
-            rows.extend(index::bench_index(dir.path(), count, args.runs)?);
+        let run = ops::Run::new(dir.path(), &workload, args.runs, out)?;
+        let (fs, cp_flag) = run.setting();
+        rows.extend(run.all()?);
+        let wanted = |counts: &[usize]| {
+            counts
+                .iter()
+                .copied()
+                .filter(|&n| n > 0)
+                .collect::<Vec<_>>()
+        };
+        let extents = wanted(&args.extents);
+        if !extents.is_empty() {
+            out.note(format_args!("{fs}: extents rows, {extents:?}"));
+            rows.extend(extents::bench_extents(
+                dir.path(),
+                &extents,
+                args.runs,
+                cp_flag,
+                &fs,
+            )?);
+        }
+        let sizes = wanted(&args.index_snapshots);
+        if !sizes.is_empty() {
+            out.note(format_args!(
+                "{fs}: scale rows, stores of {sizes:?} snapshots"
+            ));
+            rows.extend(index::bench_scale(
+                dir.path(),
+                &sizes,
+                args.runs,
+                cp_flag,
+                &fs,
+            )?);
         }
         drop(dir);
         // A scratch filesystem goes before the next is made: the background work of deleting

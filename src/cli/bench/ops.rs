@@ -87,6 +87,11 @@ impl<'a> Run<'a> {
         Ok(run)
     }
 
+    /// The filesystem's name, and the `cp` flag that is its baseline (reflink or sparse).
+    pub(super) fn setting(&self) -> (String, &'static str) {
+        (self.fs.clone(), self.cp_flag)
+    }
+
     /// Every comparison, in order; the rows.
     pub(super) fn all(mut self) -> Result<Vec<Row>> {
         // What a user would run to make a copy durable: snapstore fsyncs what it saves, and what
@@ -366,7 +371,7 @@ impl<'a> Run<'a> {
         c
     }
 
-    fn row(&mut self, op: &'static str, ours: Stats, base: Option<(String, Stats)>, note: String) {
+    fn row(&mut self, op: &str, ours: Stats, base: Option<(String, Stats)>, note: String) {
         self.rows.push(Row::new(&self.fs, op, ours, base, note));
     }
 

@@ -12,7 +12,7 @@ use crate::cli::table;
 #[derive(Debug, Serialize)]
 pub(super) struct Row {
     pub(super) fs: String,
-    pub(super) operation: &'static str,
+    pub(super) operation: String,
     pub(super) snapstore: Stats,
     pub(super) baseline: Option<String>,
     pub(super) baseline_time: Option<Stats>,
@@ -25,14 +25,14 @@ impl Row {
     /// A row for `operation` on `fs`, against `baseline` (a label and its times) when there is one.
     pub(super) fn new(
         fs: &str,
-        operation: &'static str,
+        operation: impl Into<String>,
         ours: Stats,
         baseline: Option<(String, Stats)>,
         note: String,
     ) -> Row {
         Row {
             fs: fs.to_string(),
-            operation,
+            operation: operation.into(),
             snapstore: ours,
             ratio: baseline.as_ref().map(|(_, b)| ours.median / b.median),
             baseline_time: baseline.as_ref().map(|(_, b)| *b),
@@ -51,7 +51,7 @@ pub(super) fn render(rows: &[Row]) -> String {
             vec![
                 r.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
                 r.fs.clone(),
-                r.operation.to_string(),
+                r.operation.clone(),
                 secs(&r.snapstore),
                 r.baseline
                     .clone()
