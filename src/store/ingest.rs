@@ -104,8 +104,16 @@ impl Source for DirSource {
                 let dst = staging.join(&job.name);
                 match std::fs::rename(&job.src, &dst) {
                     Ok(()) => {
-                        let bytes = fsutil::symlink_metadata(&dst)?.len();
-                        self.moved.renamed.push((dst, job.src.clone()));
+                        // First of all: put it back if anything below fails.
+                        self.moved.renamed.push((dst.clone(), job.src.clone()));
+                        // Its data is the store's now, and must be on disk before the index
+                        // names it: whoever wrote the file may not have fsynced it.
+                        let file = fsutil::open(&dst)?;
+                        file.sync_all().map_err(|e| Error::io("fsync", &dst, e))?;
+                        let bytes = file
+                            .metadata()
+                            .map_err(|e| Error::io("stat", &dst, e))?
+                            .len();
                         reports.push(FileReport {
                             name: job.name,
                             method: CloneMethod::Move,
