@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fsutil;
 use crate::index::{Index, IndexLock};
+use crate::layout::sidecar::Sidecar;
 use crate::layout::{Layout, Lease, last_use};
 use crate::types::{SnapshotId, gotime};
 
@@ -70,6 +71,9 @@ pub struct GcReport {
     pub in_use: Vec<SnapshotId>,
     /// Data dirs without a record that were kept because they have a sidecar (a lost index).
     pub kept_for_fsck: Vec<PathBuf>,
+    /// Complete snapshots whose sidecar a crash kept from being renamed into place (it goes in
+    /// just after the index names the snapshot), written again from the record and the data.
+    pub restored_sidecars: Vec<SnapshotId>,
     /// Apparent size of the complete snapshots afterwards.
     pub apparent_bytes: u64,
 }
@@ -229,6 +233,9 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
         leases: Vec::new(),
         gone: Vec::new(),
         paths: Vec::new(),
+        dirs: HashSet::new(),
+        sidecars: HashSet::new(),
+        restore: Vec::new(),
         report: GcReport {
             dry_run: opts.dry_run,
             ..GcReport::default()
@@ -236,6 +243,7 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
     };
     pass.stale_pending(&mut index, opts.grace)?;
     pass.data_root(&index)?;
+    pass.missing_sidecars(&mut index)?;
     pass.staging(&index, opts.grace)?;
     pass.temp_files(&layout.db_dir())?;
     if let Some(max) = opts.max_bytes {
@@ -255,6 +263,9 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
         for path in &pass.paths {
             fsutil::remove_all(path)?;
         }
+        for (path, sidecar) in &pass.restore {
+            sidecar.write(path)?;
+        }
         for dir in [layout.data_root(), layout.staging_root()] {
             fsutil::fsync_dir(&dir)?;
         }
@@ -270,6 +281,11 @@ struct Pass<'a> {
     gone: Vec<(SnapshotId, bool)>,
     /// Other paths to remove.
     paths: Vec<PathBuf>,
+    /// The data dirs and sidecars the data root holds, by snapshot.
+    dirs: HashSet<SnapshotId>,
+    sidecars: HashSet<SnapshotId>,
+    /// Sidecars to write again.
+    restore: Vec<(PathBuf, Sidecar)>,
     report: GcReport,
 }
 
@@ -366,6 +382,11 @@ impl Pass<'_> {
             let Ok(id) = SnapshotId::try_from(stem.to_string()) else {
                 continue;
             };
+            match kind {
+                Leftover::OrphanDataDir => self.dirs.insert(id.clone()),
+                Leftover::OrphanSidecar => self.sidecars.insert(id.clone()),
+                _ => false,
+            };
             if index.contains(&id) || gone.contains(&id) {
                 continue;
             }
@@ -382,6 +403,35 @@ impl Pass<'_> {
                 Claim::Held | Claim::NoFile => {}
             }
             self.remove(kind, path);
+        }
+        Ok(())
+    }
+
+    /// Complete snapshots with their data but no sidecar: a crash came between the index write
+    /// that named the snapshot and the rename of its sidecar into place. The sidecar is written
+    /// again from the record when the data dir's files add up to its size (as
+    /// `fsck --repair` would); otherwise fsck reports it.
+    fn missing_sidecars(&mut self, index: &mut Index) -> Result<()> {
+        let complete: Vec<SnapshotId> = index.complete_ids().cloned().collect();
+        for id in complete {
+            if !self.dirs.contains(&id) || self.sidecars.contains(&id) {
+                continue;
+            }
+            let Some(record) = index.get(&id)?.cloned() else {
+                continue;
+            };
+            let files: Vec<(String, u64)> = fsutil::list_dir(&self.layout.data_dir(&id))?
+                .into_iter()
+                .filter(|(_, meta)| meta.is_file())
+                .map(|(name, meta)| (name.to_string_lossy().into_owned(), meta.len()))
+                .collect();
+            if files.iter().map(|(_, bytes)| bytes).sum::<u64>() != record.size_bytes {
+                continue;
+            }
+            let sizes = files.iter().map(|(name, bytes)| (name.as_str(), *bytes));
+            let sidecar = Sidecar::new(record, sizes);
+            self.restore.push((self.layout.sidecar_file(&id), sidecar));
+            self.report.restored_sidecars.push(id);
         }
         Ok(())
     }

@@ -65,6 +65,9 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
             dir.display()
         ));
     }
+    for id in &report.restored_sidecars {
+        out.note(format!("restored the sidecar of {id}"));
+    }
     if report.removed.is_empty() && report.evicted.is_empty() {
         out.note("nothing to collect");
     }
