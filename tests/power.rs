@@ -1,5 +1,6 @@
-//! Power loss, not only kill -9. A disk inside a file: an XFS and an ext4 filesystem, each in an
-//! image file on the loop-mounted btrfs, loop-mounted in turn, hold the store and the sources.
+//! Power loss, not only kill -9. A disk inside a file: an XFS, an ext4 and a btrfs filesystem,
+//! each in an image file on the loop-mounted btrfs, loop-mounted in turn, hold the store and the
+//! sources.
 //! While snapstore runs an operation there, a crash image is taken at a random moment: a
 //! reflink copy (FICLONE) of the image file, atomic, holding exactly what the inner filesystem
 //! had sent to its disk; what was still in its page cache is missing, as after a power cut. The
@@ -13,8 +14,8 @@
 //!   complete;
 //! - then gc leaves nothing but the listed snapshots, and fsck reports clean.
 //!
-//! `SNAPSTORE_CRASH_IMAGES` sets the number of images (default 120, half on each filesystem,
-//! as CI runs it); `SNAPSTORE_CRASH_SEED` replays a run. A failure names the seed, the
+//! `SNAPSTORE_CRASH_IMAGES` sets the number of images (default 150, a third on each
+//! filesystem, as CI runs it); `SNAPSTORE_CRASH_SEED` replays a run. A failure names the seed, the
 //! operation and the moment.
 
 #![allow(clippy::unwrap_used)] // test code: a failure is a test failure
@@ -38,6 +39,7 @@ type Content = BTreeMap<String, (u64, String)>;
 enum Fs {
     Xfs,
     Ext4,
+    Btrfs,
 }
 
 impl Fs {
@@ -45,20 +47,23 @@ impl Fs {
         let mut c = match self {
             Fs::Xfs => Command::new("mkfs.xfs"),
             Fs::Ext4 => Command::new("mkfs.ext4"),
+            Fs::Btrfs => Command::new("mkfs.btrfs"),
         };
         match self {
             Fs::Xfs => c.args(["-q", "-m", "reflink=1"]),
             Fs::Ext4 => c.args(["-q", "-F", "-m", "0"]),
+            Fs::Btrfs => c.args(["-q"]),
         };
         c.arg(img);
         c
     }
 
-    /// Mount options for a crash copy: XFS refuses a second filesystem of the same UUID.
+    /// Mount options for a crash copy: XFS refuses a second filesystem of the same UUID
+    /// unless told; btrfs (6.7 and later) gives a cloned single-device one a temporary fsid.
     fn copy_options(self) -> &'static str {
         match self {
             Fs::Xfs => "loop,nouuid",
-            Fs::Ext4 => "loop",
+            Fs::Ext4 | Fs::Btrfs => "loop",
         }
     }
 }
@@ -503,7 +508,7 @@ fn acknowledged_work_survives_a_crash_of_the_disk() {
     let Some(outer) = cow_dir("SNAPSTORE_TEST_BTRFS") else {
         return;
     };
-    for tool in ["mkfs.xfs", "mkfs.ext4"] {
+    for tool in ["mkfs.xfs", "mkfs.ext4", "mkfs.btrfs"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .status()
@@ -516,7 +521,7 @@ fn acknowledged_work_survives_a_crash_of_the_disk() {
     let images: u64 = std::env::var("SNAPSTORE_CRASH_IMAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(150);
     let seed: u64 = std::env::var("SNAPSTORE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -528,10 +533,11 @@ fn acknowledged_work_survives_a_crash_of_the_disk() {
                 | 1
         });
     eprintln!("crash images: seed {seed} (SNAPSTORE_CRASH_SEED replays it), {images} images");
-    for (i, fs) in [Fs::Xfs, Fs::Ext4].into_iter().enumerate() {
+    let kinds = [Fs::Xfs, Fs::Ext4, Fs::Btrfs];
+    for (i, fs) in kinds.into_iter().enumerate() {
         let mut h = Harness::new(outer.path(), fs, seed.wrapping_add(i as u64));
         let mut typical = Duration::from_millis(20);
-        let per_fs = images / 2 + images % 2 * (1 - i as u64);
+        let per_fs = images / 3 + u64::from((i as u64) < images % 3);
         for _ in 0..per_fs {
             let took = h.step(typical);
             // Crash moments follow how long operations take here.
