@@ -255,6 +255,7 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
             // The index is written anyway: the use clocks go into it, so cocoon (and anyone
             // reading the JSON) sees them too.
             fold_uses(layout, &mut index)?;
+            layout.remove_sidecars(pass.gone.iter().map(|(id, _)| id))?;
             index.save(&layout.index_file())?;
         }
         for (id, leased) in &pass.gone {

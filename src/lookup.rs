@@ -333,6 +333,12 @@ impl Lookup {
         })
     }
 
+    /// The identity of the index file this table describes, when it was built late enough
+    /// after the file's last change that the identity tells any later change (see `SETTLED`).
+    pub(crate) fn settled_identity(&self) -> Option<Identity> {
+        self.header.trusted.then_some(self.header.identity)
+    }
+
     /// Whether a slot this table read was not what was written: then none of its answers
     /// counts, and the caller reads the whole index.
     pub(crate) fn broken(&self) -> bool {

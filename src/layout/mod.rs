@@ -117,6 +117,25 @@ impl Layout {
         self.staging_root().join(id.as_str())
     }
 
+    /// Removes the sidecars of `ids` durably: before an index write that drops their records,
+    /// so that a crash after it never leaves a data dir with its sidecar but no record (which
+    /// is how a lost index looks, and what fsck would bring back). On btrfs, an fsync of the
+    /// index does not carry an unlink in another directory with it: the data root is fsynced.
+    pub(crate) fn remove_sidecars<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a SnapshotId>,
+    ) -> Result<()> {
+        let mut any = false;
+        for id in ids {
+            fsutil::remove_all(&self.sidecar_file(id))?;
+            any = true;
+        }
+        if any {
+            fsutil::fsync_dir(&self.data_root())?;
+        }
+        Ok(())
+    }
+
     /// Removes what a snapshot without a record leaves on disk: its data dir, staging dir and
     /// sidecar, and its lease file when `leased` (the caller holds the lease exclusively, so no
     /// one can be waiting on that inode and then on a fresh one).

@@ -24,13 +24,14 @@ impl LocalFile {
         // only orphan dirs without sidecars, which nothing lists and gc removes, never a listed
         // snapshot without its data.
         let deleted = self.update_index(|index| {
-            let mut deleted = Vec::new();
-            for id in &ids {
-                if index.contains(id) {
-                    fsutil::remove_all(&layout.sidecar_file(id))?;
-                    index.remove(id);
-                    deleted.push(id.clone());
-                }
+            let deleted: Vec<SnapshotId> = ids
+                .iter()
+                .filter(|id| index.contains(id))
+                .cloned()
+                .collect();
+            layout.remove_sidecars(&deleted)?;
+            for id in &deleted {
+                index.remove(id);
             }
             Ok(deleted)
         })?;

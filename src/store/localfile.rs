@@ -182,6 +182,16 @@ impl LocalFile {
         Ok(Lookup::in_memory(table, file))
     }
 
+    /// The identity of the index file as it is now; `None` when there is none.
+    pub(super) fn index_identity(&self) -> Result<Option<Identity>> {
+        let path = self.layout().index_file();
+        match std::fs::metadata(&path) {
+            Ok(meta) => Ok(Some(Identity::of(&meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", &path, e)),
+        }
+    }
+
     /// Removes a lookup table found broken, so that the next reader builds it anew.
     pub(super) fn drop_lookup(&self) {
         let _ = std::fs::remove_file(self.layout().lookup_file());

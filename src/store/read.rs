@@ -5,10 +5,19 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::layout::{Lease, last_use};
+use crate::lookup::Identity;
 use crate::resolve;
 use crate::store::LocalFile;
 use crate::store::files::{EntryPolicy, data_files};
 use crate::types::{Config, Record, SnapshotId};
+
+/// What a lookup through the table found.
+struct Found {
+    id: SnapshotId,
+    record: Record,
+    /// The index file it was found in, when the table that said so was settled.
+    identity: Option<Identity>,
+}
 
 impl LocalFile {
     pub(super) fn list_blocking(&self) -> Result<Vec<Record>> {
@@ -25,7 +34,7 @@ impl LocalFile {
     /// The record, with `last_accessed_at` brought up to the snapshot's use clock.
     pub(super) fn inspect_blocking(&self, reference: &str) -> Result<Record> {
         let (id, mut record) = match self.look_up(reference)? {
-            Some(found) => found,
+            Some(found) => (found.id, found.record),
             None => {
                 let mut index = self.read_index()?;
                 let id = resolve::resolve(&index, reference)?;
@@ -53,7 +62,7 @@ impl LocalFile {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Ambiguous`], as the table (trusted for this very index
     /// file) answers them.
-    fn look_up(&self, reference: &str) -> Result<Option<(SnapshotId, Record)>> {
+    fn look_up(&self, reference: &str) -> Result<Option<Found>> {
         let Some(lookup) = self.lookup()? else {
             return Ok(None);
         };
@@ -68,17 +77,33 @@ impl LocalFile {
         };
         // What matched must be what the record says: its ID, its name, or a prefix of its ID.
         let matched = record.config.name == reference || id.as_str().starts_with(reference);
-        Ok((matched && !record.pending).then_some((id, record)))
+        let identity = lookup.settled_identity();
+        Ok((matched && !record.pending).then_some(Found {
+            id,
+            record,
+            identity,
+        }))
     }
 
     /// The data dir and config of the snapshot `reference` names, under a shared lease.
     pub(super) fn lease(&self, reference: &str) -> Result<(PathBuf, Config, Lease)> {
-        let id = match self.look_up(reference)? {
-            Some((id, _)) => id,
+        let found = self.look_up(reference)?;
+        let id = match &found {
+            Some(found) => found.id.clone(),
             None => resolve::resolve(&self.read_index()?, reference)?,
         };
         let lease = Lease::shared(&self.layout().lease_file(&id), &id)?;
         // A delete may have finished between the lookup and the lease: look again under it.
+        // When the index file is the very one looked in, nothing can have finished.
+        if let Some(Found {
+            record,
+            identity: Some(identity),
+            ..
+        }) = found
+            && self.index_identity()? == Some(identity)
+        {
+            return Ok((self.layout().data_dir(&id), record.config, lease));
+        }
         let again = self.lookup()?.and_then(|lookup| lookup.record(&id));
         let record = match again {
             Some(record) => Some(record),
