@@ -13,8 +13,13 @@ use common::*;
 use serde_json::Value;
 use snapstore::{Error, Snapshot};
 
+/// A store with 200 snapshots besides those a test saves: an index large enough (over 64 KiB)
+/// that snapstore looks things up through the table rather than reading it whole.
 fn fixture() -> Fixture {
-    Fixture::new(MIB, 4 * MIB, MIB)
+    let f = Fixture::new(MIB, 4 * MIB, MIB);
+    snapstore::synthetic::synthetic_index(&f.root, 200).unwrap();
+    assert!(std::fs::metadata(index_path(&f.root)).unwrap().len() > 64 << 10);
+    f
 }
 
 fn index_path(root: &Path) -> std::path::PathBuf {

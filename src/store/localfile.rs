@@ -27,6 +27,10 @@ use crate::types::{Config, Record, SnapshotId};
 /// Mode of the lookup table: readable as the index is.
 const LOOKUP_MODE: u32 = 0o644;
 
+/// The index size from which the lookup table is used: a smaller index (about a hundred
+/// records) is read and parsed whole in less time than the table takes to open.
+const LOOKUP_FROM: u64 = 64 << 10;
+
 /// The local-filesystem snapshot store. Cheap to clone; every clone shares one root.
 #[derive(Debug, Clone)]
 pub struct LocalFile {
@@ -162,6 +166,9 @@ impl LocalFile {
             Err(e) => return Err(Error::io("open", &path, e)),
         };
         let meta = file.metadata().map_err(|e| Error::io("stat", &path, e))?;
+        if meta.len() < LOOKUP_FROM {
+            return Ok(None);
+        }
         let identity = Identity::of(&meta);
         let table_path = layout.lookup_file();
         let same = file.try_clone().map_err(|e| Error::io("open", &path, e))?;
