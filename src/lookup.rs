@@ -510,17 +510,11 @@ mod tests {
 
     /// An index file of `entries` (ID, name, pending) in `dir`, and its table, in memory.
     fn table_of(dir: &Path, entries: &[(String, String, bool)]) -> (Index, Lookup) {
-        let mut index = Index::default();
-        for (id, name, pending) in entries {
-            let mut rec: Record =
-                serde_json::from_str(r#"{"name":"","created_at":"2026-07-01T10:00:00Z"}"#).unwrap();
-            rec.config.id = id.clone();
-            rec.config.name = name.clone();
-            rec.pending = *pending;
-            index
-                .insert(SnapshotId::try_from(id.clone()).unwrap(), rec)
-                .unwrap();
-        }
+        let borrowed: Vec<(&str, &str, bool)> = entries
+            .iter()
+            .map(|(id, name, pending)| (id.as_str(), name.as_str(), *pending))
+            .collect();
+        let index = crate::resolve::tests::index(&borrowed);
         let path = dir.join("snapshots.json");
         index.save(&path).unwrap();
         let file = File::open(&path).unwrap();

@@ -89,12 +89,13 @@ pub(crate) fn resolve_many<S: AsRef<str>>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::Record;
     use proptest::prelude::*;
 
-    fn index(entries: &[(&str, &str, bool)]) -> Index {
+    /// An index of `entries`: (ID, name, pending).
+    pub(crate) fn index(entries: &[(&str, &str, bool)]) -> Index {
         let mut index = Index::default();
         for (id, name, pending) in entries {
             let mut rec: Record =

@@ -459,6 +459,23 @@ pub async fn clone_ref(
     store.clone_to_dir(source, dir.into(), opts).await
 }
 
+/// xorshift64*: randomness for the crash harnesses' moments and choices, replayable from its
+/// seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
 /// Options of an import from a directory that names the new snapshot `name`.
 pub fn named(name: &str) -> snapstore::DirImportOptions {
     snapstore::DirImportOptions {
