@@ -713,16 +713,31 @@ async fn entries_that_hold_no_data_are_skipped_and_listed() {
         .create(config("base"), f.src.clone(), SaveOptions::default())
         .await
         .unwrap();
-    let skipped: Vec<(&str, &str)> = report
-        .skipped
-        .iter()
-        .map(|s| (s.name.as_str(), s.kind))
-        .collect();
     assert_eq!(
-        skipped,
+        skipped(&report),
         [("fifo", "fifo"), ("sock", "socket"), ("sub", "directory")]
     );
     assert!(report.files.iter().all(|r| r.name != "snapshot.json"));
+}
+
+/// A disk image outside the source, and `overlay.qcow2` in it a symlink to it, as a VM dir in
+/// the wild has it; the image's path.
+fn symlinked_disk(f: &Fixture) -> std::path::PathBuf {
+    let images = f.src.parent().unwrap().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let target = images.join("x.qcow2");
+    std::fs::write(&target, b"the real disk").unwrap();
+    std::os::unix::fs::symlink(&target, f.src.join("overlay.qcow2")).unwrap();
+    target
+}
+
+/// The entries a save report says it skipped, with what they are.
+fn skipped(report: &snapstore::CreateReport) -> Vec<(&str, &str)> {
+    report
+        .skipped
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind))
+        .collect()
 }
 
 /// Saves `f.src` with `opts`; expects [`Error::UnsupportedEntries`] naming `names`, and that
@@ -754,10 +769,7 @@ async fn entries_with_data_the_snapshot_cannot_carry_fail_the_save() {
     use std::os::unix::ffi::OsStrExt;
     // A symlinked disk image, as a VM dir in the wild has it.
     let f = fixture();
-    let images = f.src.parent().unwrap().join("images");
-    std::fs::create_dir(&images).unwrap();
-    std::fs::write(images.join("x.qcow2"), b"the real disk").unwrap();
-    std::os::unix::fs::symlink(images.join("x.qcow2"), f.src.join("overlay.qcow2")).unwrap();
+    symlinked_disk(&f);
     let text = save_refused(&f, SaveOptions::default(), &["overlay.qcow2"]).await;
     assert!(text.contains("\"overlay.qcow2\" (symlink)"), "{text}");
     assert!(text.contains("--dereference"), "{text}");
@@ -777,11 +789,7 @@ async fn entries_with_data_the_snapshot_cannot_carry_fail_the_save() {
 async fn dereference_stores_a_links_target_and_skip_unsupported_lists_the_loss() {
     use std::os::unix::ffi::OsStrExt;
     let f = fixture();
-    let images = f.src.parent().unwrap().join("images");
-    std::fs::create_dir(&images).unwrap();
-    let target = images.join("x.qcow2");
-    std::fs::write(&target, b"the real disk").unwrap();
-    std::os::unix::fs::symlink(&target, f.src.join("overlay.qcow2")).unwrap();
+    let target = symlinked_disk(&f);
     std::os::unix::fs::symlink("nowhere", f.src.join("dangling")).unwrap();
     std::fs::create_dir(f.src.join("vm")).unwrap();
     std::fs::write(f.src.join("vm/disk.raw"), b"data").unwrap();
@@ -807,13 +815,8 @@ async fn dereference_stores_a_links_target_and_skip_unsupported_lists_the_loss()
         .create(config("base"), f.src.clone(), opts)
         .await
         .unwrap();
-    let skipped: Vec<(&str, &str)> = report
-        .skipped
-        .iter()
-        .map(|s| (s.name.as_str(), s.kind))
-        .collect();
     assert_eq!(
-        skipped,
+        skipped(&report),
         [
             ("a\\xff", "name not UTF-8"),
             ("dangling", "symlink to no regular file"),
