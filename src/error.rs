@@ -237,6 +237,109 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A registry reference that does not parse.
+    #[error("invalid registry reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// Which part is wrong.
+        reason: &'static str,
+    },
+
+    /// A chunk size a push cannot use.
+    #[error("chunk size {size} is not a multiple of 4 KiB from 16 to 256 MiB")]
+    InvalidChunkSize {
+        /// The size asked for.
+        size: u64,
+    },
+
+    /// A registry could not be reached, or the connection broke and retries did not help.
+    #[error("cannot reach registry {registry}")]
+    RegistryUnreachable {
+        /// `host[:port]`.
+        registry: String,
+        /// What the transport said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The registry wants credentials, or refused the ones given (401, 403).
+    #[error("registry {registry} refused access to {repository:?} ({status}): {hint}")]
+    RegistryDenied {
+        /// `host[:port]`.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The HTTP status.
+        status: u16,
+        /// What to do about it.
+        hint: &'static str,
+    },
+
+    /// The registry answered a request with a status that ends the operation.
+    #[error("registry {registry} answered {status} to {what}: {message:?}")]
+    Registry {
+        /// `host[:port]`.
+        registry: String,
+        /// The request: `PUT manifest v1`, `GET blob sha256:…`.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The registry's own words, shortened.
+        message: String,
+    },
+
+    /// The tag or digest is not in the repository.
+    #[error("{reference} is not in the registry")]
+    ManifestUnknown {
+        /// The reference.
+        reference: String,
+    },
+
+    /// The manifest is there but is not a snapstore snapshot.
+    #[error("{reference} is not a snapstore snapshot: {reason}")]
+    NotAnArtifact {
+        /// The reference.
+        reference: String,
+        /// What it is instead.
+        reason: String,
+    },
+
+    /// The artifact's config does not describe a snapshot that can be written safely.
+    #[error("invalid snapstore artifact {reference}: {reason}")]
+    ArtifactInvalid {
+        /// The reference.
+        reference: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A blob from the registry failed its checks; nothing of it was committed.
+    #[error("blob {digest} of {reference} for {file:?} bytes {start}..{end}: {reason}")]
+    BlobInvalid {
+        /// The reference.
+        reference: String,
+        /// The layer's digest.
+        digest: String,
+        /// The file the window belongs to.
+        file: String,
+        /// The window's first byte.
+        start: u64,
+        /// The window's end.
+        end: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Credentials could not be read.
+    #[error("cannot read registry credentials from {}: {reason}", .path.display())]
+    Credentials {
+        /// The file, or `<stdin>`.
+        path: PathBuf,
+        /// What is wrong; never the secret.
+        reason: String,
+    },
+
     /// A blocking task of the async API panicked or was cancelled.
     #[error("store task failed")]
     Task(#[from] tokio::task::JoinError),

@@ -24,7 +24,8 @@ use crate::error::Result;
 use crate::fsutil;
 use crate::index::{Index, IndexLock};
 use crate::layout::sidecar::Sidecar;
-use crate::layout::{Layout, Lease, last_use};
+use crate::layout::{Layout, Lease, PULL_PREFIX, last_use};
+use crate::sys::FileLock;
 use crate::types::{SnapshotId, gotime};
 
 /// How long a pending record whose creator cannot be told apart from a live one is kept.
@@ -103,6 +104,10 @@ pub enum Leftover {
     OrphanLease,
     /// A sidecar without a snapshot.
     OrphanSidecar,
+    /// A chunk record without a snapshot.
+    OrphanChunks,
+    /// The staging of a pull no one has resumed within the grace period.
+    AbandonedPull,
 }
 
 impl Leftover {
@@ -115,6 +120,8 @@ impl Leftover {
             Leftover::TempFile => "temp file",
             Leftover::OrphanLease => "orphan lease",
             Leftover::OrphanSidecar => "orphan sidecar",
+            Leftover::OrphanChunks => "orphan chunk record",
+            Leftover::AbandonedPull => "abandoned pull",
         }
     }
 }
@@ -231,6 +238,7 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
     let mut pass = Pass {
         layout,
         leases: Vec::new(),
+        pulls: Vec::new(),
         gone: Vec::new(),
         paths: Vec::new(),
         dirs: HashSet::new(),
@@ -278,6 +286,8 @@ pub(crate) fn collect(layout: &Layout, opts: &GcOptions) -> Result<GcReport> {
 struct Pass<'a> {
     layout: &'a Layout,
     leases: Vec<Lease>,
+    /// Locks of abandoned pulls, held until their staging is gone.
+    pulls: Vec<(String, Option<FileLock>)>,
     /// Snapshots whose records go, with whether their lease is held (so its file can go too).
     gone: Vec<(SnapshotId, bool)>,
     /// Other paths to remove.
@@ -377,6 +387,8 @@ impl Pass<'_> {
                 (stem, Leftover::OrphanLease)
             } else if let Some(stem) = name.strip_suffix(".json") {
                 (stem, Leftover::OrphanSidecar)
+            } else if let Some(stem) = name.strip_suffix(".chunks") {
+                (stem, Leftover::OrphanChunks)
             } else {
                 continue;
             };
@@ -456,6 +468,13 @@ impl Pass<'_> {
                 }
                 continue;
             }
+            if let Some(rest) = name.strip_prefix(PULL_PREFIX) {
+                let hex = rest.split('.').next().unwrap_or(rest);
+                if self.abandoned_pull(hex, grace)? {
+                    self.remove(Leftover::AbandonedPull, path);
+                }
+                continue;
+            }
             let Ok(id) = SnapshotId::try_from(name.to_string()) else {
                 continue;
             };
@@ -471,6 +490,38 @@ impl Pass<'_> {
             self.remove(Leftover::StagingDir, path);
         }
         Ok(())
+    }
+
+    /// Whether the pull of manifest `hex` is abandoned: no pull holds its lock (gc then holds
+    /// it until the pass ends) and none of its files changed within `grace`.
+    fn abandoned_pull(&mut self, hex: &str, grace: Duration) -> Result<bool> {
+        let lock_path = self.layout.pull_lock(hex);
+        let paths = [
+            self.layout.pull_dir(hex),
+            self.layout.pull_journal(hex),
+            lock_path.clone(),
+        ];
+        let recent = paths.iter().any(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().map_or(true, |age| age <= grace))
+        });
+        if recent {
+            return Ok(false);
+        }
+        if self.pulls.iter().any(|(claimed, _)| claimed == hex) {
+            return Ok(true);
+        }
+        let lock = match std::fs::File::open(&lock_path) {
+            Ok(file) => match FileLock::try_lock(file, true) {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(crate::error::Error::io("lock", &lock_path, e)),
+            },
+            Err(_) => None,
+        };
+        self.pulls.push((hex.to_string(), lock));
+        Ok(true)
     }
 
     /// Temp files of interrupted index writes: no writer is running, since gc holds the lock.

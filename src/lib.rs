@@ -42,6 +42,7 @@ mod index;
 mod layout;
 mod lookup;
 mod progress;
+mod registry;
 mod resolve;
 mod store;
 #[doc(hidden)]
@@ -67,6 +68,11 @@ pub use crate::gc::{
 };
 pub use crate::layout::{Layout, Lease};
 pub use crate::progress::Progress;
+pub use crate::registry::{
+    Connection, Credentials, DEFAULT_CHUNK_SIZE, Digest, LayerCompression, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE, Mismatch, PullOptions, PullReport, PushOptions, PushReport, Reference,
+    VerifiedSnapshot, VerifyOptions, VerifyReport, VerifyStatus,
+};
 pub use crate::store::{
     CloneOptions, CloneReport, CloneSource, CompressedExporter, CreateReport, DirExportOptions,
     DirImportOptions, Direct, DirectoryExporter, LocalFile, SaveMode, SaveOptions, Snapshot,

@@ -21,6 +21,25 @@ pub(crate) fn ficlone(dst: &File, src: &File) -> io::Result<()> {
     reflink_copy::reflink_file(src, dst)
 }
 
+/// Clones `len` bytes of `src` at `src_offset` into `dst` at `dst_offset` (the FICLONERANGE
+/// ioctl): the ranges then share extents. Offsets and `len` must be block-aligned, except a
+/// range that ends at `src`'s end of file. `clone_unsupported` sorts its errors.
+pub(crate) fn ficlone_range(
+    dst: &File,
+    dst_offset: u64,
+    src: &File,
+    src_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let Some(len) = std::num::NonZeroU64::new(len) else {
+        return Ok(());
+    };
+    reflink_copy::ReflinkBlockBuilder::new(src, dst, len)
+        .from_offset(src_offset)
+        .to_offset(dst_offset)
+        .reflink_block()
+}
+
 /// Whether a FICLONE error means "reflink is not possible here", not "something went wrong".
 ///
 /// EOPNOTSUPP: the filesystem cannot share extents (ext4, tmpfs, XFS without reflink=1).
@@ -106,7 +125,6 @@ pub(crate) fn copy_range_unsupported(e: &io::Error) -> bool {
 }
 
 /// Deallocates `len` bytes at `offset`, keeping the file's size (`fallocate(2)` PUNCH_HOLE).
-#[cfg(test)]
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use nix::fcntl::FallocateFlags;
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;

@@ -198,6 +198,8 @@ pub enum CloneMethod {
     Copy,
     /// A rename: the source file itself was moved in (`save --move`).
     Move,
+    /// Fetched from a registry (`pull`), at least in part.
+    Download,
 }
 
 impl CloneMethod {
@@ -208,6 +210,7 @@ impl CloneMethod {
             CloneMethod::Hardlink => "hardlink",
             CloneMethod::Copy => "copy",
             CloneMethod::Move => "move",
+            CloneMethod::Download => "download",
         }
     }
 }

@@ -16,8 +16,12 @@ mod import;
 mod inspect;
 mod list;
 mod progress;
+mod pull;
+mod push;
+mod registry;
 mod rm;
 mod save;
+mod verify;
 mod workload;
 
 use std::io::Write;
@@ -69,6 +73,12 @@ enum Command {
     Export(export::Args),
     /// Import a snapshot from a directory with snapshot.json
     Import(import::Args),
+    /// Push a snapshot to an OCI registry, chunked and deduplicated
+    Push(push::Args),
+    /// Pull a snapshot from an OCI registry into a new snapshot
+    Pull(pull::Args),
+    /// Re-hash snapshots' data against their recorded chunk digests
+    Verify(verify::Args),
     /// Show apparent, allocated, shared and exclusive bytes per snapshot
     Du(du::Args),
     /// Remove leftovers of crashed operations; evict least recently used snapshots
@@ -157,6 +167,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             }
             Command::Import(args) => {
                 import::run(with_bar(open()?, out, "importing"), args, out).await
+            }
+            Command::Push(args) => push::run(with_bar(open()?, out, "pushing"), args, out).await,
+            Command::Pull(args) => pull::run(with_bar(open()?, out, "pulling"), args, out).await,
+            Command::Verify(args) => {
+                verify::run(with_bar(open()?, out, "verifying"), args, out).await
             }
             Command::Du(args) => du::run(&open()?, args, out).await,
             Command::Gc(args) => gc::run(&open()?, args, out).await,

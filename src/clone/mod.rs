@@ -351,7 +351,17 @@ pub(crate) fn parallel<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let workers = cores().min(items.len());
+    parallel_on(cores(), items, f)
+}
+
+/// [`parallel`] on up to `workers` threads: for work that waits on a network rather than on a
+/// core.
+pub(crate) fn parallel_on<T: Sync, R: Send>(
+    workers: usize,
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let workers = workers.max(1).min(items.len());
     if workers <= 1 {
         return items.iter().map(f).collect();
     }

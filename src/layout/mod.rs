@@ -7,7 +7,9 @@
 //! R/snapshot/localfile/ID/         a snapshot's data files, flat
 //! R/snapshot/localfile/ID.lease    its lease (a file: cocoon's gc takes unknown dirs for orphans)
 //! R/snapshot/localfile/ID.json     its sidecar: a copy of its record and file list, for fsck
+//! R/snapshot/localfile/ID.chunks   its chunk record: window digests, made by push, pull, verify
 //! R/snapshot/staging/ID/           a snapshot being created, on the same filesystem
+//! R/snapshot/staging/pull-HEX/     a pull being downloaded, kept for a re-run to resume
 //! ```
 //!
 //! Beside the paths, the two small per-snapshot files: the [`Lease`] and the sidecar. The store,
@@ -24,6 +26,9 @@ pub(crate) use lease::last_use;
 use crate::error::Result;
 use crate::fsutil;
 use crate::types::SnapshotId;
+
+/// The prefix of a pull's staging dir and its journal and lock files.
+pub(crate) const PULL_PREFIX: &str = "pull-";
 
 /// Mode of every directory the store creates.
 pub(crate) const DIR_MODE: u32 = 0o750;
@@ -117,6 +122,28 @@ impl Layout {
         self.staging_root().join(id.as_str())
     }
 
+    /// `R/snapshot/localfile/ID.chunks`: the chunk record a push, pull or verify made.
+    pub fn chunks_file(&self, id: &SnapshotId) -> PathBuf {
+        self.data_root().join(format!("{id}.chunks"))
+    }
+
+    /// `R/snapshot/staging/pull-HEX/`: the files of a pull of the manifest whose sha256 is
+    /// `hex`, kept when the pull is cut off so that a re-run resumes.
+    pub fn pull_dir(&self, hex: &str) -> PathBuf {
+        self.staging_root().join(format!("{PULL_PREFIX}{hex}"))
+    }
+
+    /// `R/snapshot/staging/pull-HEX.journal`: the windows of that pull already on disk.
+    pub fn pull_journal(&self, hex: &str) -> PathBuf {
+        self.staging_root()
+            .join(format!("{PULL_PREFIX}{hex}.journal"))
+    }
+
+    /// `R/snapshot/staging/pull-HEX.lock`: flock'd by the pull running.
+    pub fn pull_lock(&self, hex: &str) -> PathBuf {
+        self.staging_root().join(format!("{PULL_PREFIX}{hex}.lock"))
+    }
+
     /// Removes the sidecars of `ids` durably: before an index write that drops their records,
     /// so that a crash after it never leaves a data dir with its sidecar but no record (which
     /// is how a lost index looks, and what fsck would bring back). On btrfs, an fsync of the
@@ -143,6 +170,7 @@ impl Layout {
         fsutil::remove_all(&self.data_dir(id))?;
         fsutil::remove_all(&self.staging_dir(id))?;
         fsutil::remove_all(&self.sidecar_file(id))?;
+        fsutil::remove_all(&self.chunks_file(id))?;
         if leased {
             fsutil::remove_all(&self.lease_file(id))?;
         }

@@ -92,7 +92,7 @@ impl LocalFile {
     }
 
     /// [`Error::NameTaken`] when a snapshot holds `name`; an empty name is never taken.
-    fn check_name_free(&self, name: &str) -> Result<()> {
+    pub(super) fn check_name_free(&self, name: &str) -> Result<()> {
         if name.is_empty() {
             return Ok(());
         }

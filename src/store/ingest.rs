@@ -155,14 +155,14 @@ impl Source for DirSource {
 /// For `save --move`: puts renamed files back where they came from unless finished, and on
 /// finish removes the sources that had to be copied across filesystems (a move consumes them).
 #[derive(Default)]
-struct MovedBack {
-    renamed: Vec<(PathBuf, PathBuf)>,
+pub(super) struct MovedBack {
+    pub(super) renamed: Vec<(PathBuf, PathBuf)>,
     copied: Vec<PathBuf>,
 }
 
 impl MovedBack {
     /// The renamed files now live under `to` instead of `from`.
-    fn relocate(&mut self, from: &Path, to: &Path) {
+    pub(super) fn relocate(&mut self, from: &Path, to: &Path) {
         for (now, _) in &mut self.renamed {
             if let Ok(rest) = now.strip_prefix(from) {
                 *now = to.join(rest);
@@ -170,7 +170,7 @@ impl MovedBack {
         }
     }
 
-    fn finish(mut self) -> Result<()> {
+    pub(super) fn finish(mut self) -> Result<()> {
         self.renamed.clear();
         for src in std::mem::take(&mut self.copied) {
             std::fs::remove_file(&src).map_err(|e| Error::io("remove", &src, e))?;

@@ -18,6 +18,7 @@ mod ingest;
 mod localfile;
 mod maintain;
 mod read;
+mod registry;
 mod tar;
 
 use std::future::Future;

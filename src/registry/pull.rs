@@ -1,0 +1,712 @@
+//! Pull: the manifest and config fetched and checked, then each window written into a staging
+//! dir on the store's filesystem, holes left as holes. A window whose data a snapshot in the
+//! store already has is cloned from it (FICLONERANGE, so the two share extents; a copy where
+//! the filesystem cannot) after its bytes are checked against the digest; every other window
+//! is downloaded, and its blob is untrusted until its sha256 and its data's sha256 match.
+//!
+//! The staging dir is keyed by the manifest's digest and each finished window (fsynced) is
+//! noted in a journal beside it, so a pull that was cut off resumes where it stopped. The
+//! store commits the files through its one create path; nothing is listed before that.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::clone::parallel_on;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::layout::{DIR_MODE, Layout};
+use crate::progress::Progress;
+use crate::registry::client::{ATTEMPTS, Client, Connection, backoff, is_transient_io};
+use crate::registry::digest::{Digest, Hasher};
+use crate::registry::format::{
+    ArtifactConfig, BLOCK, ChunkMap, Descriptor, LAYER_ZSTD, MANIFEST_TYPE, MAX_MANIFEST_BYTES,
+    Manifest,
+};
+use crate::registry::record::{Blob, ChunkRecord, RecordedChunk, RecordedFile};
+use crate::registry::reference::{Reference, Version};
+use crate::sys::{self, FileLock};
+use crate::types::{CloneMethod, FileReport, SnapshotId};
+
+/// Bytes written at a time.
+const WRITE_SIZE: usize = 1 << 20;
+
+/// What a manifest GET accepts: ours, and the kinds whose arrival we name as "not ours".
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Options of [`LocalFile::pull`](crate::LocalFile::pull).
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The new snapshot's name, instead of the artifact's.
+    pub name: Option<String>,
+    /// Windows downloaded at once.
+    pub jobs: usize,
+    /// How to reach the registry.
+    pub connection: Connection,
+}
+
+impl Default for PullOptions {
+    fn default() -> PullOptions {
+        PullOptions {
+            name: None,
+            jobs: 4,
+            connection: Connection::default(),
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    /// The new snapshot's ID.
+    pub id: SnapshotId,
+    /// The manifest's digest.
+    pub digest: String,
+    /// Bytes of blobs downloaded.
+    pub bytes_downloaded: u64,
+    /// Bytes of data taken from snapshots already in the store instead.
+    pub bytes_cloned_locally: u64,
+    /// One report per data file: `download` when any of it came over the network, else how
+    /// its windows were taken from the store (`reflink` or `copy`).
+    pub files: Vec<FileReport>,
+}
+
+/// The windows of the snapshots in the store, by content: where to find a window's bytes
+/// without downloading them.
+#[derive(Default)]
+pub(crate) struct LocalWindows {
+    by_content: HashMap<(Digest, u64, Vec<[u64; 2]>), (PathBuf, u64)>,
+}
+
+impl LocalWindows {
+    /// Adds the windows of the snapshot whose data dir is `dir` and whose chunk record is
+    /// `record`.
+    pub(crate) fn add(&mut self, dir: &Path, record: &ChunkRecord) {
+        for file in &record.files {
+            for c in &file.chunks {
+                let key = (c.chunk.digest, c.chunk.length, c.chunk.shape());
+                self.by_content
+                    .entry(key)
+                    .or_insert_with(|| (dir.join(&file.name), c.chunk.offset));
+            }
+        }
+    }
+
+    fn find(&self, map: &ChunkMap) -> Option<&(PathBuf, u64)> {
+        let c = &map.chunk;
+        self.by_content.get(&(c.digest, c.length, c.shape()))
+    }
+}
+
+/// An artifact fetched into its staging dir, checked and fsynced, ready to commit.
+pub(crate) struct Fetched {
+    /// The staging dir, holding one file per [`ArtifactConfig::files`].
+    pub(crate) dir: PathBuf,
+    pub(crate) config: ArtifactConfig,
+    pub(crate) digest: Digest,
+    /// The windows' digests and blobs, for the new snapshot's chunk record.
+    pub(crate) record: ChunkRecord,
+    /// How each file got here, in config order.
+    pub(crate) methods: Vec<CloneMethod>,
+    pub(crate) bytes_downloaded: u64,
+    pub(crate) bytes_cloned: u64,
+    journal: PathBuf,
+    lock_path: PathBuf,
+    _lock: FileLock,
+}
+
+impl Fetched {
+    /// Removes what is left of the staging once the files were committed.
+    pub(crate) fn discard(self) -> Result<()> {
+        fsutil::remove_all(&self.dir)?;
+        fsutil::remove_all(&self.journal)?;
+        // The lock file goes while it is held: a pull that opens it now locks an unlinked
+        // inode, and starts afresh, which is all it could do anyway.
+        fsutil::remove_all(&self.lock_path)
+    }
+}
+
+/// How one window got into place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Got {
+    Journaled,
+    Downloaded(u64),
+    Local(CloneMethod, u64),
+}
+
+/// An artifact whose manifest and config were fetched and checked: what a pull will write,
+/// known before any window is downloaded.
+pub(crate) struct Artifact {
+    client: Client,
+    reference: String,
+    digest: Digest,
+    layers: Vec<Descriptor>,
+    /// The config, checked.
+    pub(crate) config: ArtifactConfig,
+}
+
+impl Artifact {
+    /// Fetches and checks `source`'s manifest and config.
+    pub(crate) fn open(source: &Reference, opts: &PullOptions) -> Result<Artifact> {
+        let client = Client::new(source, &opts.connection, false)?;
+        let reference = source.to_string();
+        let version = source.version_text().unwrap_or_else(|| "latest".into());
+        let manifest_bytes = client
+            .get_manifest(&version, ACCEPT, MAX_MANIFEST_BYTES)?
+            .ok_or_else(|| Error::ManifestUnknown {
+                reference: reference.clone(),
+            })?;
+        let digest = Digest::of(&manifest_bytes);
+        if let Some(Version::Digest(asked)) = &source.version
+            && *asked != digest
+        {
+            return Err(Error::ArtifactInvalid {
+                reference,
+                reason: format!("the registry sent a manifest whose digest is {digest}"),
+            });
+        }
+        let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::NotAnArtifact {
+            reference: reference.clone(),
+            reason,
+        })?;
+        if manifest.media_type != MANIFEST_TYPE && !manifest.media_type.is_empty() {
+            return Err(Error::NotAnArtifact {
+                reference,
+                reason: format!("its manifest is {:?}", manifest.media_type),
+            });
+        }
+        let config_bytes = read_blob(&client, &manifest.config).map_err(|e| match e {
+            BlobFailure::Failed(e) => e,
+            BlobFailure::Invalid(reason) => Error::ArtifactInvalid {
+                reference: reference.clone(),
+                reason: format!("config blob: {reason}"),
+            },
+        })?;
+        let config = ArtifactConfig::parse(&config_bytes, &manifest.layers).map_err(|reason| {
+            Error::ArtifactInvalid {
+                reference: reference.clone(),
+                reason,
+            }
+        })?;
+        Ok(Artifact {
+            client,
+            reference,
+            digest,
+            layers: manifest.layers,
+            config,
+        })
+    }
+
+    /// Writes every window into the pull's staging dir, resuming a previous run's, with up to
+    /// `jobs` downloads at once.
+    pub(crate) fn fetch(
+        self,
+        layout: &Layout,
+        local: &LocalWindows,
+        jobs: usize,
+        progress: &Progress,
+    ) -> Result<Fetched> {
+        let Artifact {
+            client,
+            reference,
+            digest,
+            layers,
+            config,
+        } = self;
+        let hex = digest.hex();
+        fsutil::create_dirs(&layout.staging_root(), DIR_MODE)?;
+        let lock_path = layout.pull_lock(&hex);
+        let lock_file =
+            fsutil::open_lock_file(&lock_path).map_err(|e| Error::io("open", &lock_path, e))?;
+        let lock = FileLock::try_lock(lock_file, true)
+            .map_err(|e| Error::io("lock", &lock_path, e))?
+            .ok_or_else(|| {
+                Error::io(
+                    "lock",
+                    &lock_path,
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "another pull of this artifact is running",
+                    ),
+                )
+            })?;
+        let dir = layout.pull_dir(&hex);
+        if !dir.is_dir() {
+            fsutil::create_dir(&dir, DIR_MODE)?;
+        }
+        let journal_path = layout.pull_journal(&hex);
+        let files = open_files(&dir, &config)?;
+        let mut done = read_journal(&journal_path);
+        done.retain(|(i, _)| files.get(*i).is_some_and(|(_, kept)| *kept));
+        let journal = Mutex::new(
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o644)
+                .open(&journal_path)
+                .map_err(|e| Error::io("open", &journal_path, e))?,
+        );
+
+        let windows: Vec<(usize, &ChunkMap)> = config
+            .files
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.chunks.iter().map(move |c| (i, c)))
+            .collect();
+        let layers: HashMap<Digest, &Descriptor> = layers.iter().map(|l| (l.digest, l)).collect();
+        progress.add_total(windows.iter().map(|(_, c)| c.chunk.data_len()).sum());
+        let got = parallel_on(jobs, &windows, |&(i, map)| {
+            if done.contains(&(i, map.chunk.offset)) {
+                progress.advance(map.chunk.data_len());
+                return Ok(Got::Journaled);
+            }
+            let (file, path) = (&files[i].0, dir.join(&config.files[i].name));
+            let got = match local.find(map) {
+                Some((src, at)) => match clone_local(file, &path, map, src, *at)? {
+                    Some(method) => Got::Local(method, map.chunk.data_len()),
+                    None => Got::Downloaded(download(
+                        &client,
+                        file,
+                        &path,
+                        &config.files[i].name,
+                        map,
+                        &layers,
+                        &reference,
+                        progress,
+                    )?),
+                },
+                None => Got::Downloaded(download(
+                    &client,
+                    file,
+                    &path,
+                    &config.files[i].name,
+                    map,
+                    &layers,
+                    &reference,
+                    progress,
+                )?),
+            };
+            if let Got::Local(_, n) = got {
+                progress.advance(n);
+            }
+            file.sync_data().map_err(|e| Error::io("fsync", &path, e))?;
+            // Best effort: a window whose line is lost is fetched again by the next run.
+            let line = format!("{i} {}\n", map.chunk.offset);
+            let _ = lock_mutex(&journal).write_all(line.as_bytes());
+            Ok(got)
+        })?;
+
+        let mut methods = vec![None::<CloneMethod>; config.files.len()];
+        let (mut downloaded, mut cloned) = (0, 0);
+        for (&(i, _), got) in windows.iter().zip(&got) {
+            let method = match *got {
+                Got::Journaled => CloneMethod::Download,
+                Got::Downloaded(n) => {
+                    downloaded += n;
+                    CloneMethod::Download
+                }
+                Got::Local(method, n) => {
+                    cloned += n;
+                    method
+                }
+            };
+            methods[i] = Some(match (methods[i], method) {
+                (Some(CloneMethod::Download), _) | (_, CloneMethod::Download) => {
+                    CloneMethod::Download
+                }
+                (Some(CloneMethod::Copy), _) | (_, CloneMethod::Copy) => CloneMethod::Copy,
+                _ => method,
+            });
+        }
+        for ((file, _), f) in files.iter().zip(&config.files) {
+            let path = dir.join(&f.name);
+            file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+        }
+        fsutil::fsync_dir(&dir)?;
+        let record = record_of(&config, &layers);
+        Ok(Fetched {
+            dir,
+            methods: methods
+                .into_iter()
+                .map(|m| m.unwrap_or(CloneMethod::Download))
+                .collect(),
+            record,
+            config,
+            digest,
+            bytes_downloaded: downloaded,
+            bytes_cloned: cloned,
+            journal: journal_path,
+            lock_path,
+            _lock: lock,
+        })
+    }
+}
+
+/// Opens each file of the config in `dir`: a file of a previous run with the right size is
+/// kept (`true`), anything else is made anew at its apparent size, all holes.
+fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(File, bool)>> {
+    config
+        .files
+        .iter()
+        .map(|f| {
+            let path = dir.join(&f.name);
+            let kept =
+                std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == f.size);
+            if kept {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io("open", &path, e))?;
+                return Ok((file, true));
+            }
+            fsutil::remove_all(&path)?;
+            let file = fsutil::create_new(&path, 0o644)?;
+            file.set_len(f.size)
+                .map_err(|e| Error::io("truncate", &path, e))?;
+            Ok((file, false))
+        })
+        .collect()
+}
+
+/// The windows a previous run finished: `(file index, offset)`.
+fn read_journal(path: &Path) -> HashSet<(usize, u64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (i, offset) = line.split_once(' ')?;
+            Some((i.parse().ok()?, offset.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The chunk record of the pulled snapshot: the config's windows and their zstd blobs.
+fn record_of(config: &ArtifactConfig, layers: &HashMap<Digest, &Descriptor>) -> ChunkRecord {
+    let files = config
+        .files
+        .iter()
+        .map(|f| RecordedFile {
+            name: f.name.clone(),
+            size: f.size,
+            chunks: f
+                .chunks
+                .iter()
+                .map(|c| RecordedChunk {
+                    chunk: c.chunk.clone(),
+                    zstd: layers
+                        .get(&c.layer)
+                        .filter(|l| l.media_type == LAYER_ZSTD)
+                        .map(|l| Blob {
+                            digest: l.digest,
+                            size: l.size,
+                        }),
+                })
+                .collect(),
+        })
+        .collect();
+    ChunkRecord::new(config.chunk_size, files)
+}
+
+/// Takes a window from a local snapshot's file: cloned where the filesystem shares extents,
+/// copied otherwise, and checked against the window's digest either way. `None` when the local
+/// bytes are not what the record promised (the window is then downloaded over them).
+fn clone_local(
+    dst: &File,
+    dst_path: &Path,
+    map: &ChunkMap,
+    src_path: &Path,
+    src_offset: u64,
+) -> Result<Option<CloneMethod>> {
+    let chunk = &map.chunk;
+    let Ok(src) = File::open(src_path) else {
+        return Ok(None);
+    };
+    let aligned = chunk.length / BLOCK * BLOCK;
+    let method = match sys::ficlone_range(dst, chunk.offset, &src, src_offset, aligned) {
+        Ok(()) => CloneMethod::Reflink,
+        Err(e) if sys::clone_unsupported(&e) => CloneMethod::Copy,
+        Err(e) => return Err(Error::io("clone", dst_path, e)),
+    };
+    let cloned_to = match method {
+        CloneMethod::Reflink => chunk.offset + aligned,
+        _ => chunk.offset,
+    };
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; WRITE_SIZE];
+    for &[start, len] in &chunk.runs {
+        let mut pos = start;
+        while pos < start + len {
+            let n = (start + len - pos).min(WRITE_SIZE as u64) as usize;
+            let bytes = &mut buf[..n];
+            if src
+                .read_exact_at(bytes, pos - chunk.offset + src_offset)
+                .is_err()
+            {
+                return Ok(None);
+            }
+            hasher.update(bytes);
+            if pos + n as u64 > cloned_to {
+                let skip = cloned_to.saturating_sub(pos) as usize;
+                dst.write_all_at(&bytes[skip..], pos + skip as u64)
+                    .map_err(|e| Error::io("write", dst_path, e))?;
+            }
+            pos += n as u64;
+        }
+    }
+    if hasher.finish() != chunk.digest {
+        // Whatever the clone brought besides the runs must not stay.
+        sys::punch_hole(dst, chunk.offset, chunk.length)
+            .map_err(|e| Error::io("punch", dst_path, e))?;
+        return Ok(None);
+    }
+    Ok(Some(method))
+}
+
+/// Why a blob could not be taken.
+enum BlobFailure {
+    /// The request failed: unreachable, denied.
+    Failed(Error),
+    /// The blob is not what its descriptor or map says.
+    Invalid(String),
+}
+
+/// Downloads a window's blob into `file`, retrying when the connection breaks; returns the
+/// blob's size.
+#[allow(clippy::too_many_arguments)]
+fn download(
+    client: &Client,
+    file: &File,
+    path: &Path,
+    name: &str,
+    map: &ChunkMap,
+    layers: &HashMap<Digest, &Descriptor>,
+    reference: &str,
+    progress: &Progress,
+) -> Result<u64> {
+    let invalid = |reason: String| Error::BlobInvalid {
+        reference: reference.to_string(),
+        digest: map.layer.to_string(),
+        file: name.to_string(),
+        start: map.chunk.offset,
+        end: map.chunk.end(),
+        reason,
+    };
+    let Some(layer) = layers.get(&map.layer) else {
+        return Err(invalid("not in the manifest".into()));
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match write_window(client, file, path, map, layer, progress) {
+            Ok(()) => return Ok(layer.size),
+            Err(Attempt::Transient(_)) if attempt < ATTEMPTS => backoff(attempt, None),
+            Err(Attempt::Transient(e) | Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Invalid(reason)) => return Err(invalid(reason)),
+        }
+    }
+}
+
+/// Why a window could not be written.
+enum Attempt {
+    /// The connection broke: worth another try.
+    Transient(Error),
+    Failed(Error),
+    Invalid(String),
+}
+
+/// One attempt at a window: streams the blob through its sha256 and its decompressor into the
+/// runs' places in `file`, then checks the blob's size and digest and the data's digest.
+fn write_window(
+    client: &Client,
+    file: &File,
+    path: &Path,
+    map: &ChunkMap,
+    layer: &Descriptor,
+    progress: &Progress,
+) -> std::result::Result<(), Attempt> {
+    let body = client.get_blob(&layer.digest).map_err(Attempt::Failed)?;
+    let mut counted = Counted::new(body, layer.size);
+    let outcome = {
+        let data: Box<dyn Read + '_> = if layer.media_type == LAYER_ZSTD {
+            let decoder = zstd::Decoder::new(&mut counted)
+                .map_err(|e| Attempt::Failed(Error::io("decompress", path, e)))?;
+            Box::new(decoder)
+        } else {
+            Box::new(&mut counted)
+        };
+        place_runs(data, file, path, map, progress)
+    };
+    // However the data ended, the blob's own digest says first whether the registry's copy is
+    // the one the manifest names.
+    if let Err(e) = io::copy(&mut counted, &mut io::sink())
+        && is_transient_io(&e)
+    {
+        return Err(Attempt::Transient(client.unreachable(e)));
+    }
+    let (size, blob_digest, overflow) = counted.finish();
+    let outcome = match outcome {
+        Err(Place::Io(e)) if is_transient_io(&e) => {
+            return Err(Attempt::Transient(client.unreachable(e)));
+        }
+        other => other,
+    };
+    if overflow || size != layer.size {
+        return Err(Attempt::Invalid(format!(
+            "the registry sent {}{size} bytes for a blob of {}",
+            if overflow { "over " } else { "" },
+            layer.size
+        )));
+    }
+    if blob_digest != layer.digest {
+        return Err(Attempt::Invalid(format!(
+            "its bytes hash to {blob_digest}: the registry's copy is corrupt"
+        )));
+    }
+    match outcome {
+        Ok(data_digest) if data_digest == map.chunk.digest => Ok(()),
+        Ok(data_digest) => Err(Attempt::Invalid(format!(
+            "its data hashes to {data_digest}, not to the window's {}",
+            map.chunk.digest
+        ))),
+        Err(Place::Short) => Err(Attempt::Invalid(
+            "the blob holds less data than its map".into(),
+        )),
+        Err(Place::Long) => Err(Attempt::Invalid(
+            "the blob holds more data than its map".into(),
+        )),
+        Err(Place::Io(e)) => Err(Attempt::Invalid(format!("its data does not decode: {e}"))),
+        Err(Place::Write(e)) => Err(Attempt::Failed(e)),
+    }
+}
+
+/// How placing a window's data failed.
+enum Place {
+    Short,
+    Long,
+    /// Reading or decoding the blob.
+    Io(io::Error),
+    /// Writing the file.
+    Write(Error),
+}
+
+/// Writes the data stream's bytes at the runs' places, hashing them; the stream must hold
+/// exactly the runs' bytes.
+fn place_runs(
+    mut data: Box<dyn Read + '_>,
+    file: &File,
+    path: &Path,
+    map: &ChunkMap,
+    progress: &Progress,
+) -> std::result::Result<Digest, Place> {
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; WRITE_SIZE];
+    for &[start, len] in &map.chunk.runs {
+        let mut pos = start;
+        while pos < start + len {
+            let want = (start + len - pos).min(WRITE_SIZE as u64) as usize;
+            let got = read_full(&mut data, &mut buf[..want]).map_err(Place::Io)?;
+            if got < want {
+                return Err(Place::Short);
+            }
+            file.write_all_at(&buf[..want], pos)
+                .map_err(|e| Place::Write(Error::io("write", path, e)))?;
+            hasher.update(&buf[..want]);
+            progress.advance(want as u64);
+            pos += want as u64;
+        }
+    }
+    match read_full(&mut data, &mut [0u8; 1]).map_err(Place::Io)? {
+        0 => Ok(hasher.finish()),
+        _ => Err(Place::Long),
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; the bytes read.
+fn read_full(data: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match data.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A blob body, hashed and counted as it is read, and cut off past its descriptor's size so a
+/// registry cannot make a pull read forever.
+struct Counted<R> {
+    inner: R,
+    hasher: Hasher,
+    limit: u64,
+    overflow: bool,
+}
+
+impl<R: Read> Counted<R> {
+    fn new(inner: R, limit: u64) -> Counted<R> {
+        Counted {
+            inner,
+            hasher: Hasher::default(),
+            limit,
+            overflow: false,
+        }
+    }
+
+    fn finish(self) -> (u64, Digest, bool) {
+        (self.hasher.len(), self.hasher.finish(), self.overflow)
+    }
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.overflow {
+            return Ok(0);
+        }
+        let room = (self.limit - self.hasher.len()).saturating_add(1);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if self.hasher.len() + n as u64 > self.limit {
+            self.overflow = true;
+            return Ok(0);
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads a small blob (the config) whole and checks it against its descriptor.
+fn read_blob(
+    client: &Client,
+    descriptor: &Descriptor,
+) -> std::result::Result<Vec<u8>, BlobFailure> {
+    let body = client
+        .get_blob(&descriptor.digest)
+        .map_err(BlobFailure::Failed)?;
+    let mut counted = Counted::new(body, descriptor.size);
+    let mut bytes = Vec::new();
+    counted
+        .read_to_end(&mut bytes)
+        .map_err(|e| BlobFailure::Failed(client.unreachable(e)))?;
+    let (size, digest, overflow) = counted.finish();
+    if overflow || size != descriptor.size || digest != descriptor.digest {
+        return Err(BlobFailure::Invalid(format!(
+            "{size} bytes hashing to {digest}, not the {} bytes of {}",
+            descriptor.size, descriptor.digest
+        )));
+    }
+    Ok(bytes)
+}
+
+fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
