@@ -8,7 +8,8 @@
 # once all mounts succeed, SNAPSTORE_REQUIRE_COW=1, which makes those tests fail instead of skip.
 # Without root or loop devices it says `SKIPPED: <reason>` loudly and runs the command anyway,
 # so the tests on the root filesystem (no reflink: the fallbacks) still run.
-# Installs btrfs-progs and xfsprogs with apt-get when they are missing and it can.
+# Installs btrfs-progs, xfsprogs and docker-registry with apt-get when they are missing and it
+# can; with docker-registry there, exports SNAPSTORE_REQUIRE_REGISTRY=1 (registry tests must run).
 set -euo pipefail
 
 if [ $# -eq 0 ]; then
@@ -41,6 +42,22 @@ need_tools() {
     fi
     command -v mkfs.btrfs >/dev/null && command -v mkfs.xfs >/dev/null
 }
+
+# The registry tests run against Debian's docker-registry (the CNCF distribution server) on
+# loopback; the tests start and stop their own instances.
+need_registry() {
+    command -v docker-registry >/dev/null && return 0
+    if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
+        echo "installing docker-registry" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; } >&2 || true
+    fi
+    command -v docker-registry >/dev/null
+}
+if need_registry; then
+    export SNAPSTORE_REQUIRE_REGISTRY=1
+else
+    skip "docker-registry not installed and cannot be: the registry tests will not run"
+fi
 
 # mount_fs TYPE: makes an image, formats and loop-mounts it; prints the mount point.
 mount_fs() {

@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "layout",
     "clone",
     "archive",
+    "registry",
     "gc",
     "fsck",
     "du",

@@ -236,7 +236,7 @@ impl ArtifactConfig {
             return Err(format!("config version {} (want 1)", self.version));
         }
         let size = self.chunk_size;
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || size % BLOCK != 0 {
+        if !valid_chunk_size(size) {
             return Err(format!(
                 "chunk size {size} (want a multiple of 4096 from 16 to 256 MiB)"
             ));
@@ -293,10 +293,15 @@ impl ArtifactConfig {
     }
 }
 
+/// Whether files may be cut into windows of `size`: a multiple of 4 KiB from 16 to 256 MiB.
+pub(crate) fn valid_chunk_size(size: u64) -> bool {
+    (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) && size.is_multiple_of(BLOCK)
+}
+
 /// Checks one chunk of a file of `file_size` cut into windows of `window`, the previous chunk
 /// having ended at `next`.
 fn check_chunk(chunk: &Chunk, file_size: u64, window: u64, next: u64) -> Result<(), String> {
-    if chunk.offset % window != 0 || chunk.offset < next {
+    if !chunk.offset.is_multiple_of(window) || chunk.offset < next {
         return Err("window not on its own boundary, or out of order".into());
     }
     if chunk.offset >= file_size {

@@ -10,6 +10,7 @@
 //! through its one create path.
 
 mod auth;
+mod blob;
 mod client;
 mod digest;
 pub(crate) mod format;

@@ -19,7 +19,7 @@ use crate::registry::client::{Client, Connection};
 use crate::registry::digest::Digest;
 use crate::registry::format::{
     ArtifactConfig, CONFIG_TYPE, ChunkMap, DEFAULT_CHUNK_SIZE, Descriptor, FileMap, LAYER_RAW,
-    LAYER_ZSTD, MANIFEST_TYPE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Manifest,
+    LAYER_ZSTD, MANIFEST_TYPE, Manifest, valid_chunk_size,
 };
 use crate::registry::record::{Blob, ChunkRecord, RecordedChunk, RecordedFile};
 use crate::registry::reference::Reference;
@@ -122,8 +122,7 @@ pub(crate) fn push(
     opts: &PushOptions,
     progress: &Progress,
 ) -> Result<PushReport> {
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size) || opts.chunk_size % 4096 != 0
-    {
+    if !valid_chunk_size(opts.chunk_size) {
         return Err(Error::InvalidChunkSize {
             size: opts.chunk_size,
         });

@@ -121,6 +121,12 @@ impl LocalFile {
         };
         let names = data_files(&dir, EntryPolicy::default())?.names;
         let files = sizes(&dir, &names)?;
+        // The ID is this store's name for the snapshot, not part of it: left out, the same
+        // snapshot gives the same artifact from any store, and a pull gives it a new ID anyway.
+        let config = Config {
+            id: String::new(),
+            ..config
+        };
         let outgoing = Outgoing {
             envelope: Envelope::new(config, names),
             record: self.layout().chunks_file(lease.id()),

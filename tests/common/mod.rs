@@ -9,6 +9,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod registry;
+
 pub const MIB: u64 = 1 << 20;
 
 /// A scratch dir on the loop-mounted filesystem named by `var`, or a loud skip.
