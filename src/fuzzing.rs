@@ -1,5 +1,6 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/`: the parsers that take bytes from outside
-//! (tar import, the index, the envelope), reachable without a whole store. Not a stable API.
+//! (tar import, the index, the envelope, a registry artifact's manifest and config), reachable
+//! without a whole store. Not a stable API.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use crate::archive::{compress, import};
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::index::Index;
+use crate::registry::format::{ArtifactConfig, Descriptor, LAYER_ZSTD, Manifest};
 
 /// The real-size limit the tar target imports with, so a hostile map stays cheap to write.
 const FUZZ_MAX_FILE_SIZE: u64 = 1 << 30;
@@ -73,4 +75,44 @@ fn from_fields(index: &mut Index) -> serde_json::Value {
         index.get_mut(id).expect("every record parsed before");
     }
     serde_json::to_value(&*index).expect("a parsed index serializes")
+}
+
+/// Parses `bytes` as a registry manifest and as an artifact config (against layers that carry
+/// every digest the config names, so that the checks past the layer lookup run too). What the
+/// config parser accepts must keep every run inside its file and read back as itself.
+///
+/// # Panics
+/// When an accepted config breaks those promises: a real bug.
+pub fn parse_registry_artifact(bytes: &[u8]) {
+    let _ = Manifest::parse(bytes);
+    let Ok(unchecked) = serde_json::from_slice::<ArtifactConfig>(bytes) else {
+        return;
+    };
+    let layers: Vec<Descriptor> = unchecked
+        .files
+        .iter()
+        .flat_map(|f| &f.chunks)
+        .map(|c| Descriptor {
+            media_type: LAYER_ZSTD.to_string(),
+            digest: c.layer,
+            size: 1,
+        })
+        .collect();
+    let Ok(config) = ArtifactConfig::parse(bytes, &layers) else {
+        return;
+    };
+    for file in &config.files {
+        for chunk in &file.chunks {
+            for [start, len] in &chunk.chunk.runs {
+                assert!(
+                    start + len <= file.size,
+                    "run past the end of {:?}",
+                    file.name
+                );
+            }
+        }
+    }
+    let again =
+        ArtifactConfig::parse(&config.to_bytes(), &layers).expect("a written config parses");
+    assert_eq!(again, config, "config round trip");
 }
