@@ -99,6 +99,9 @@ fn round_trip(scratch: &Path) {
     let listed = ok(&two, &["list", "--json"]);
     assert!(listed.contains("\"base\""), "{listed}");
     assert!(ok(&two, &["verify", "--json"]).contains("\"ok\""));
+    // The artifact's name is taken now: refused before a byte is downloaded, as import does.
+    let err = fails(&two, &["pull", &format!("{target}:base")]);
+    assert!(err.contains("already taken"), "{err}");
     // Pushed again from the second store: the same artifact, byte for byte.
     let from_two = push(&two, "base", &registry.at("vm/copy"), &[]);
     assert_eq!(from_two["digest"], first["digest"]);

@@ -271,20 +271,12 @@ impl Artifact {
                 return Ok(Got::Journaled);
             }
             let (file, path) = (&files[i].0, dir.join(&config.files[i].name));
-            let got = match local.find(map) {
-                Some((src, at)) => match clone_local(file, &path, map, src, *at)? {
-                    Some(method) => Got::Local(method, map.chunk.data_len()),
-                    None => Got::Downloaded(download(
-                        &client,
-                        file,
-                        &path,
-                        &config.files[i].name,
-                        map,
-                        &layers,
-                        &reference,
-                        progress,
-                    )?),
-                },
+            let from_store = match local.find(map) {
+                Some((src, at)) => clone_local(file, &path, map, src, *at)?,
+                None => None,
+            };
+            let got = match from_store {
+                Some(method) => Got::Local(method, map.chunk.data_len()),
                 None => Got::Downloaded(download(
                     &client,
                     file,
