@@ -27,6 +27,14 @@ fn source(dir: &Path) -> PathBuf {
     vm_snapshot(dir, 8 * MIB, 256 * MIB, 16 * MIB)
 }
 
+/// Saves the directory `src` into the store at `root` as `name`.
+fn save(root: &Path, src: &Path, name: &str) {
+    ok(
+        root,
+        &["save", "--from-dir", src.to_str().unwrap(), "--name", name],
+    );
+}
+
 fn push(root: &Path, reference: &str, target: &str, extra: &[&str]) -> Value {
     let mut args = vec!["push", reference, target, "--chunk-size", CHUNK, "--json"];
     args.extend_from_slice(extra);
@@ -71,16 +79,7 @@ fn round_trip(scratch: &Path) {
     };
     let src = source(&scratch.join("src"));
     let (one, two) = (scratch.join("one"), scratch.join("two"));
-    ok(
-        &one,
-        &[
-            "save",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--name",
-            "base",
-        ],
-    );
+    save(&one, &src, "base");
     let target = registry.at("vm/base");
     let first = push(&one, "base", &target, &[]);
     assert_eq!(first["target"], format!("{target}:base"));
@@ -150,16 +149,7 @@ fn child_moves_only_changed_windows(scratch: &Path, shares: bool) {
     };
     let src = source(&scratch.join("src"));
     let (one, two) = (scratch.join("one"), scratch.join("two"));
-    ok(
-        &one,
-        &[
-            "save",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--name",
-            "base",
-        ],
-    );
+    save(&one, &src, "base");
     // The child: the same files with 16 MiB rewritten at an unaligned offset.
     let child = scratch.join("child");
     std::fs::create_dir(&child).unwrap();
@@ -179,16 +169,7 @@ fn child_moves_only_changed_windows(scratch: &Path, shares: bool) {
         .unwrap();
     let changed = vec![0x5au8; 16 * MIB as usize];
     std::os::unix::fs::FileExt::write_all_at(&disk, &changed, 100 * MIB + 8192).unwrap();
-    ok(
-        &one,
-        &[
-            "save",
-            "--from-dir",
-            child.to_str().unwrap(),
-            "--name",
-            "child",
-        ],
-    );
+    save(&one, &child, "child");
 
     push(&one, "base", &registry.at("vm/base"), &[]);
     let pushed = push(&one, "child", &registry.at("vm/base"), &[]);
@@ -249,16 +230,7 @@ fn pushed(scratch: &Path, compress: &str) -> Option<(Registry, PathBuf, PathBuf,
     let registry = Registry::start()?;
     let src = source(&scratch.join("src"));
     let root = scratch.join("one");
-    ok(
-        &root,
-        &[
-            "save",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--name",
-            "base",
-        ],
-    );
+    save(&root, &src, "base");
     let report = push(
         &root,
         "base",
@@ -383,16 +355,7 @@ fn verify_names_the_file_and_range_that_changed() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("one");
     let src = source(&tmp.path().join("src"));
-    ok(
-        &root,
-        &[
-            "save",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--name",
-            "base",
-        ],
-    );
+    save(&root, &src, "base");
     let unrecorded = ok(&root, &["verify", "--json"]);
     assert!(unrecorded.contains("\"unrecorded\""), "{unrecorded}");
     assert!(ok(&root, &["verify", "--record", "--json"]).contains("\"recorded\""));
@@ -422,16 +385,7 @@ fn an_unreachable_registry_unknown_tags_and_foreign_artifacts_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let src = source(&tmp.path().join("src"));
-    ok(
-        &root,
-        &[
-            "save",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--name",
-            "base",
-        ],
-    );
+    save(&root, &src, "base");
     let before = store_state(&root);
     let nowhere = format!("127.0.0.1:{}/vm/base", free_port());
     let err = fails(&root, &["push", "base", &nowhere]);
@@ -597,16 +551,7 @@ fn credentials_are_asked_for_checked_and_never_shown() {
     };
     let root = tmp.path().join("store");
     let src = source(&tmp.path().join("src"));
-    ok(
-        &root,
-        &[
-            "save",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--name",
-            "base",
-        ],
-    );
+    save(&root, &src, "base");
     let target = registry.at("vm/base");
     let empty = tmp.path().join("no-docker");
     let run = |args: &[&str], password: Option<&str>, docker: &Path| {
@@ -697,10 +642,7 @@ fn a_full_disk_mid_pull_fails_clearly_and_commits_nothing() {
     };
     let src = vm_snapshot(&tmp.path().join("src"), 8 * MIB, 1024 * MIB, 320 * MIB);
     let root = tmp.path().join("one");
-    ok(
-        &root,
-        &["save", "--from-dir", src.to_str().unwrap(), "--name", "big"],
-    );
+    save(&root, &src, "big");
     push(
         &root,
         "big",

@@ -85,26 +85,28 @@ impl Client {
 
     /// Whether the repository holds blob `digest`.
     pub(crate) fn blob_exists(&self, digest: &Digest) -> Result<bool> {
-        let what = || format!("HEAD blob {digest}");
-        let resp = self.send(
-            "HEAD",
-            &self.url(&format!("blobs/{digest}")),
-            &[],
-            None,
-            &what,
-        )?;
+        let (resp, what) = self.blob("HEAD", digest)?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            _ => Err(self.status_error(resp, &what())),
+            _ => Err(self.status_error(resp, &what)),
         }
+    }
+
+    /// A bodiless request for blob `digest`; the response and what it was, for messages.
+    fn blob(&self, method: &str, digest: &Digest) -> Result<(Response<ureq::Body>, String)> {
+        let what = || format!("{method} blob {digest}");
+        let url = self.url(&format!("blobs/{digest}"));
+        Ok((self.send(method, &url, &[], None, &what)?, what()))
     }
 
     /// Uploads blob `digest` from `bytes`: a POST for an upload session, then one PUT. A
     /// session the registry lost (404 on the PUT, after a retried failure) is started again.
     pub(crate) fn upload_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
         let what = || format!("upload of blob {digest}");
-        for attempt in 1..=ATTEMPTS {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let resp = self.send("POST", &self.url("blobs/uploads/"), &[], Some(&[]), &what)?;
             if resp.status().as_u16() != 202 {
                 return Err(self.status_error(resp, &what()));
@@ -126,26 +128,18 @@ impl Client {
             let resp = self.send("PUT", &url, &headers, Some(bytes), &what)?;
             match resp.status().as_u16() {
                 201 | 204 => return Ok(()),
-                404 if attempt < ATTEMPTS => continue,
+                404 if attempt < ATTEMPTS => {}
                 _ => return Err(self.status_error(resp, &what())),
             }
         }
-        unreachable!("the last attempt returns")
     }
 
     /// A reader of blob `digest`, following the registry's redirects (without credentials).
     pub(crate) fn get_blob(&self, digest: &Digest) -> Result<BodyReader> {
-        let what = || format!("GET blob {digest}");
-        let resp = self.send(
-            "GET",
-            &self.url(&format!("blobs/{digest}")),
-            &[],
-            None,
-            &what,
-        )?;
+        let (resp, what) = self.blob("GET", digest)?;
         match resp.status().as_u16() {
             200 => Ok(resp.into_body().into_reader()),
-            _ => Err(self.status_error(resp, &what())),
+            _ => Err(self.status_error(resp, &what)),
         }
     }
 
