@@ -23,6 +23,8 @@ pub struct Progress {
 struct Counters {
     done: AtomicU64,
     total: AtomicU64,
+    items_done: AtomicU64,
+    items_total: AtomicU64,
 }
 
 impl Progress {
@@ -46,6 +48,32 @@ impl Progress {
         self.counters
             .as_ref()
             .map_or(0, |c| c.total.load(Ordering::Relaxed))
+    }
+
+    /// Items (a registry transfer's blobs) finished so far.
+    pub fn items_done(&self) -> u64 {
+        self.counters
+            .as_ref()
+            .map_or(0, |c| c.items_done.load(Ordering::Relaxed))
+    }
+
+    /// Items expected in all; 0 for work that is not counted in items.
+    pub fn items_total(&self) -> u64 {
+        self.counters
+            .as_ref()
+            .map_or(0, |c| c.items_total.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn add_items(&self, items: u64) {
+        if let Some(c) = &self.counters {
+            c.items_total.fetch_add(items, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn item_done(&self) {
+        if let Some(c) = &self.counters {
+            c.items_done.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn add_total(&self, bytes: u64) {

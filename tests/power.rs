@@ -12,7 +12,12 @@
 //! - every operation that had exited 0 before the image was taken is there, whole: a created
 //!   snapshot is listed, a removed one is not, a `clone --sync` or `export --sync` target is
 //!   complete;
+//! - a pull cut off by the crash, run again on the recovered disk, resumes from what its journal
+//!   says is on disk and gives the artifact's exact content;
 //! - then gc leaves nothing but the listed snapshots, and fsck reports clean.
+//!
+//! Pulls come from a `docker-registry` on loopback (outside the inner disk), of an artifact the
+//! store holds the windows of (cloned locally) and of one it does not (downloaded).
 //!
 //! `SNAPSTORE_CRASH_IMAGES` sets the number of images (default 150, a third on each
 //! filesystem, as CI runs it); `SNAPSTORE_CRASH_SEED` replays a run. A failure names the seed, the
@@ -112,9 +117,10 @@ enum Op {
     FsckRepair,
     CloneSync,
     ExportSync,
+    Pull,
 }
 
-const OPS: [Op; 9] = [
+const OPS: [Op; 10] = [
     Op::Save,
     Op::SaveMove,
     Op::ImportTar,
@@ -124,6 +130,7 @@ const OPS: [Op; 9] = [
     Op::FsckRepair,
     Op::CloneSync,
     Op::ExportSync,
+    Op::Pull,
 ];
 
 /// What an operation promises once it has exited 0.
@@ -134,6 +141,8 @@ enum Promise {
     Removed(String),
     /// This directory holds this content (and `snapshot.json`, for an export).
     Written(PathBuf, Content, bool),
+    /// The snapshot of this name was pulled from this reference, with this content.
+    Pulled(String, Content, String),
     /// Nothing beyond what held before.
     Nothing,
 }
@@ -173,6 +182,14 @@ struct Harness {
     archive: PathBuf,
     exported: PathBuf,
     images: u64,
+    /// The registry pulls come from, and what they pull: (reference, content).
+    registry: Option<common::registry::Registry>,
+    pullable: Vec<(String, Content)>,
+    /// Crash images taken during a pull, and pulls resumed on one.
+    pull_images: u64,
+    resumed: std::cell::Cell<u64>,
+    /// A store outside the inner disk, which pushed the artifact the inner store lacks.
+    _elsewhere: Option<tempfile::TempDir>,
 }
 
 impl Harness {
@@ -197,6 +214,11 @@ impl Harness {
             attempted: BTreeMap::new(),
             written: Vec::new(),
             images: 0,
+            registry: common::registry::Registry::start(),
+            pullable: Vec::new(),
+            pull_images: 0,
+            resumed: std::cell::Cell::new(0),
+            _elsewhere: None,
         };
         // A first snapshot, and the archive and dir the imports read.
         let src = h.source();
@@ -206,6 +228,30 @@ impl Harness {
         h.attempted.insert("base".into(), content);
         h.snapstore(&["export", "base", "-o", &s(&h.archive)]);
         h.snapstore(&["export", "base", "--to-dir", &s(&h.exported)]);
+        let targets = h
+            .registry
+            .as_ref()
+            .map(|r| (r.at("power/base"), r.at("power/other")));
+        if let Some((base, target)) = targets {
+            // One artifact whose windows the store holds (base, pushed from it), and one it does
+            // not, pushed from a store elsewhere, whose pull downloads everything.
+            h.snapstore(&["push", "base", &base]);
+            let elsewhere = tempfile::tempdir_in(outer).unwrap();
+            let other = h.source();
+            let other_root = elsewhere.path().join("root");
+            let mut save = command_in(&other_root);
+            save.args(["save", "--name", "other", "--from-dir", &s(&other)]);
+            run(save);
+            let mut push = command_in(&other_root);
+            push.args(["push", "other", &target]);
+            run(push);
+            let content = content_of(&other);
+            h.pullable = vec![
+                (format!("{base}:base"), h.attempted["base"].clone()),
+                (format!("{target}:other"), content),
+            ];
+            h._elsewhere = Some(elsewhere);
+        }
         run({
             let mut c = Command::new("sync");
             c.arg("-f").arg(&h.disk.mnt);
@@ -299,6 +345,14 @@ impl Harness {
             },
             Op::Gc => (args(&["gc"]), Promise::Nothing),
             Op::FsckRepair => (args(&["fsck", "--repair"]), Promise::Nothing),
+            Op::Pull if !self.pullable.is_empty() => {
+                let pick = self.rng.below(self.pullable.len() as u64) as usize;
+                let (reference, content) = self.pullable[pick].clone();
+                self.attempted.insert(name.clone(), content.clone());
+                let a = args(&["pull", &reference, "--name", &name]);
+                (a, Promise::Pulled(name, content, reference))
+            }
+            Op::Pull => (args(&["gc"]), Promise::Nothing),
             Op::CloneSync | Op::ExportSync => {
                 let from = self.some_live().unwrap_or_else(|| "base".into());
                 let out = self.disk.mnt.join(format!("out-{}", self.serial));
@@ -332,6 +386,9 @@ impl Harness {
         let acknowledged = child.try_wait().unwrap().is_some_and(|s| s.success());
         let moment = started.elapsed();
         let image = self.crash_image();
+        if matches!(promise, Promise::Pulled(..)) {
+            self.pull_images += 1;
+        }
         let out = child.wait_with_output().unwrap();
         let took = started.elapsed();
         assert!(
@@ -353,7 +410,7 @@ impl Harness {
         );
         self.check(image, &promise, acknowledged, &what);
         match promise {
-            Promise::Created(name, content) => {
+            Promise::Created(name, content) | Promise::Pulled(name, content, _) => {
                 self.live.insert(name, content);
             }
             Promise::Removed(name) => {
@@ -444,7 +501,7 @@ impl Harness {
                 ),
             }
         }
-        if let Some(Promise::Created(name, _)) = promised {
+        if let Some(Promise::Created(name, _) | Promise::Pulled(name, _, _)) = promised {
             assert!(
                 listed.contains_key(name),
                 "{what}: acknowledged {name} lost"
@@ -466,8 +523,30 @@ impl Harness {
             }
         }
 
-        // Then gc leaves nothing but the listed snapshots, and fsck finds nothing wrong.
-        let gc = command_in(&root).arg("gc").output().unwrap();
+        // A pull the crash cut off resumes on the recovered disk: the windows its journal names
+        // must be on disk, whole, or the resumed snapshot's content is wrong.
+        if let (Promise::Pulled(name, content, reference), false) = (op, acknowledged)
+            && !listed.contains_key(name)
+        {
+            let again = command_in(&root)
+                .args(["pull", reference, "--name", name])
+                .output()
+                .unwrap();
+            assert!(again.status.success(), "{what}: resumed pull: {again:?}");
+            let id = String::from_utf8_lossy(&again.stdout).trim().to_string();
+            let dir = root.join("snapshot/localfile").join(&id);
+            assert_eq!(&content_of(&dir), content, "{what}: resumed pull of {name}");
+            self.resumed.set(self.resumed.get() + 1);
+            listed.insert(name.clone(), id);
+        }
+
+        // Then gc leaves nothing but the listed snapshots, and fsck finds nothing wrong. No
+        // process runs on a crash image: every leftover is abandoned, a cut-off pull's staging
+        // too, which gc keeps for a re-run within its grace period by default.
+        let gc = command_in(&root)
+            .args(["gc", "--grace", "0s"])
+            .output()
+            .unwrap();
         assert!(gc.status.success(), "{what}: gc: {gc:?}");
         let expected: BTreeMap<String, String> = listed
             .iter()
@@ -544,8 +623,10 @@ fn acknowledged_work_survives_a_crash_of_the_disk() {
             typical = (typical * 3 + took) / 4;
         }
         eprintln!(
-            "{fs:?}: {} crash images checked, {} snapshots live",
+            "{fs:?}: {} crash images checked ({} during a pull, {} pulls resumed on one), {} snapshots live",
             h.images,
+            h.pull_images,
+            h.resumed.get(),
             h.live.len()
         );
     }

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::registry::{Registry, file_digest, free_port, sha256};
+use common::registry::{Registry, TokenServer, file_digest, free_port, sha256};
 use common::*;
 use serde_json::{Value, json};
 
@@ -679,4 +679,91 @@ fn gc_removes_a_pull_abandoned_past_the_grace_period_only() {
     let removed = ok(&two, &["gc", "--grace", "0s", "--json"]);
     assert!(removed.contains("abandoned-pull"), "{removed}");
     assert!(tree(&staging).is_empty(), "{:?}", tree(&staging));
+}
+
+#[test]
+fn bearer_tokens_come_from_the_realm_with_the_credentials_and_are_renewed_midway() {
+    let Some(tokens) = TokenServer::start("alice", "t0ken-pw") else {
+        return;
+    };
+    let Some(registry) = Registry::with_tokens(&tokens) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let src = source(&tmp.path().join("src"));
+    save(&root, &src, "base");
+    let target = registry.at("vm/base");
+    let nobody = tmp.path().join("nobody");
+    let out = command_in(&root)
+        .args(["push", "base", &target])
+        .env("DOCKER_CONFIG", &nobody)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("credentials needed"), "{err}");
+
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let auth = data_encoding::BASE64.encode(b"alice:t0ken-pw");
+    let config = json!({"auths": {registry.host(): {"auth": auth}}});
+    std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+    let before = tokens.issued.load(std::sync::atomic::Ordering::SeqCst);
+    let out = command_in(&root)
+        .args(["push", "base", &target])
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first token allowed only pull: the uploads were refused with it, and a second one
+    // was fetched in the middle of the push.
+    let issued = tokens.issued.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(issued >= 2, "{issued} tokens for one push");
+    let two = tmp.path().join("two");
+    let out = command_in(&two)
+        .args(["pull", &format!("{target}:base")])
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("t0ken-pw"));
+}
+
+#[test]
+fn transient_failures_are_retried_with_backoff() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let src = source(&tmp.path().join("src"));
+    save(&root, &src, "base");
+    use common::registry::{Flake, FlakyProxy};
+    let flakes = vec![
+        Flake::Unavailable,
+        Flake::Hangup,
+        Flake::TooMany,
+        Flake::Hangup,
+    ];
+    let proxy = FlakyProxy::start(registry.port, flakes.clone());
+    let through = format!("127.0.0.1:{}/vm/base", proxy.port);
+    let pushed = push(&root, "base", &through, &["--jobs", "1"]);
+    assert_eq!(pushed["bytes_skipped"], 0, "{pushed}");
+    let proxy = FlakyProxy::start(registry.port, flakes);
+    let two = tmp.path().join("two");
+    let pulled = pull(
+        &two,
+        &format!("127.0.0.1:{}/vm/base:base", proxy.port),
+        &["--jobs", "1"],
+    );
+    assert_same_files(&src, &data_dir(&two, pulled["id"].as_str().unwrap()));
 }

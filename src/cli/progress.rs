@@ -96,6 +96,10 @@ fn draw(counter: &Progress, what: &str, delay: Duration, stopped: &mpsc::Receive
                 bar.set_style(style(true));
             }
             bar.set_position(counter.done());
+            if counter.items_total() > 0 {
+                let (done, total) = (counter.items_done(), counter.items_total());
+                bar.set_message(format!("{what} {done}/{total} blobs"));
+            }
         }
         match stopped.recv_timeout(TICK) {
             Err(RecvTimeoutError::Timeout) => {}

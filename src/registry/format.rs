@@ -394,6 +394,11 @@ mod tests {
             let err = check(vec![file(name, 0, vec![])]).expect_err(name);
             assert!(err.contains("plain name"), "{name}: {err}");
         }
+        // JSON strings are Unicode: a name that is not UTF-8 can only come as a lone surrogate.
+        let layers = [layer(1, LAYER_ZSTD, 10)];
+        let bytes = br#"{"version":1,"chunk_size":16777216,"envelope":{"config":{"name":""},"version":1},"files":[{"name":"disk\udcff","size":0,"chunks":[]}]}"#;
+        let err = ArtifactConfig::parse(bytes, &layers).expect_err("not UTF-8");
+        assert!(err.contains("does not parse"), "{err}");
         let twice = vec![file("a", 0, vec![]), file("a", 0, vec![])];
         assert!(check(twice).expect_err("dup").contains("twice"));
     }

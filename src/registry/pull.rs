@@ -26,8 +26,8 @@ use crate::registry::blob::{BlobFailure, WRITE_SIZE, download, read_blob};
 use crate::registry::client::{Client, Connection};
 use crate::registry::digest::{Digest, Hasher};
 use crate::registry::format::{
-    ArtifactConfig, BLOCK, ChunkMap, Descriptor, LAYER_ZSTD, MANIFEST_TYPE, MAX_MANIFEST_BYTES,
-    Manifest,
+    ArtifactConfig, BLOCK, Chunk, ChunkMap, Descriptor, LAYER_ZSTD, MANIFEST_TYPE,
+    MAX_MANIFEST_BYTES, Manifest,
 };
 use crate::registry::record::{Blob, ChunkRecord, RecordedChunk, RecordedFile};
 use crate::registry::reference::{Reference, Version};
@@ -246,16 +246,9 @@ impl Artifact {
         }
         let journal_path = layout.pull_journal(&hex);
         let files = open_files(&dir, &config)?;
-        let mut done = read_journal(&journal_path);
+        let mut done = read_journal(&journal_path, &config);
         done.retain(|(i, _)| files.get(*i).is_some_and(|(_, kept)| *kept));
-        let journal = Mutex::new(
-            OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o644)
-                .open(&journal_path)
-                .map_err(|e| Error::io("open", &journal_path, e))?,
-        );
+        let journal = Journal::open(&journal_path)?;
 
         let windows: Vec<(usize, &ChunkMap)> = config
             .files
@@ -265,9 +258,11 @@ impl Artifact {
             .collect();
         let layers: HashMap<Digest, &Descriptor> = layers.iter().map(|l| (l.digest, l)).collect();
         progress.add_total(windows.iter().map(|(_, c)| c.chunk.data_len()).sum());
+        progress.add_items(windows.len() as u64);
         let got = parallel_on(jobs, &windows, |&(i, map)| {
             if done.contains(&(i, map.chunk.offset)) {
                 progress.advance(map.chunk.data_len());
+                progress.item_done();
                 return Ok(Got::Journaled);
             }
             let (file, path) = (&files[i].0, dir.join(&config.files[i].name));
@@ -291,11 +286,17 @@ impl Artifact {
             if let Got::Local(_, n) = got {
                 progress.advance(n);
             }
-            file.sync_data().map_err(|e| Error::io("fsync", &path, e))?;
-            // Best effort: a window whose line is lost is fetched again by the next run.
-            let line = format!("{i} {}\n", map.chunk.offset);
-            let _ = lock_mutex(&journal).write_all(line.as_bytes());
+            // Writeback starts now; the journal names the window once a checkpoint has fsynced
+            // it, so a line in the journal always means data on disk.
+            sys::start_writeback(file, map.chunk.offset, map.chunk.length)
+                .map_err(|e| Error::io("write", &path, e))?;
+            journal.finished(i, &map.chunk, &files, &dir, &config)?;
+            progress.item_done();
             Ok(got)
+        });
+        // A pull that fails keeps what it finished for the next run.
+        let got = got.inspect_err(|_| {
+            let _ = journal.checkpoint(&files, &dir, &config);
         })?;
 
         let mut methods = vec![None::<CloneMethod>; config.files.len()];
@@ -325,6 +326,8 @@ impl Artifact {
             file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
         }
         fsutil::fsync_dir(&dir)?;
+        // Everything is on disk: a crash before the commit resumes with nothing to fetch.
+        journal.flush_synced();
         let record = record_of(&config, &layers);
         Ok(Fetched {
             dir,
@@ -341,6 +344,97 @@ impl Artifact {
             lock_path,
             _lock: lock,
         })
+    }
+}
+
+/// Data fetched between two checkpoints: a checkpoint's fsyncs then flush it in large
+/// batches, as `sync` after `curl` would, instead of one window at a time.
+const CHECKPOINT: u64 = 512 << 20;
+
+/// The journal of a pull: finished windows, named once their data is durable.
+struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// Windows finished since the last checkpoint, and their data bytes.
+    pending: Mutex<(Vec<String>, u64)>,
+}
+
+impl Journal {
+    fn open(path: &Path) -> Result<Journal> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            pending: Mutex::new((Vec::new(), 0)),
+        })
+    }
+
+    /// Notes a finished window of file `i`: a line `INDEX OFFSET DIGEST`. Past [`CHECKPOINT`] bytes, fsyncs the files of the
+    /// pending windows and names them in the journal.
+    fn finished(
+        &self,
+        i: usize,
+        chunk: &Chunk,
+        files: &[(File, bool)],
+        dir: &Path,
+        config: &ArtifactConfig,
+    ) -> Result<()> {
+        {
+            let mut pending = lock_mutex(&self.pending);
+            pending
+                .0
+                .push(format!("{i} {} {}\n", chunk.offset, chunk.digest));
+            pending.1 += chunk.data_len();
+            if pending.1 < CHECKPOINT {
+                return Ok(());
+            }
+        }
+        self.checkpoint(files, dir, config)
+    }
+
+    /// Fsyncs the files of the pending windows and names those windows in the journal.
+    fn checkpoint(
+        &self,
+        files: &[(File, bool)],
+        dir: &Path,
+        config: &ArtifactConfig,
+    ) -> Result<()> {
+        let due = std::mem::take(&mut *lock_mutex(&self.pending));
+        let touched: HashSet<usize> = due
+            .0
+            .iter()
+            .filter_map(|line| line.split(' ').next()?.parse().ok())
+            .collect();
+        for i in touched {
+            let path = dir.join(&config.files[i].name);
+            files[i]
+                .0
+                .sync_data()
+                .map_err(|e| Error::io("fsync", &path, e))?;
+        }
+        self.append(&due.0);
+        Ok(())
+    }
+
+    /// Names every pending window: the caller has fsynced all the files.
+    fn flush_synced(&self) {
+        let due = std::mem::take(&mut *lock_mutex(&self.pending));
+        self.append(&due.0);
+    }
+
+    /// Best effort: a window whose line is lost is fetched again by the next run.
+    fn append(&self, lines: &[String]) {
+        if lock_mutex(&self.file)
+            .write_all(lines.concat().as_bytes())
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -371,13 +465,24 @@ fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(File, bool)>> 
         .collect()
 }
 
-/// The windows a previous run finished: `(file index, offset)`.
-fn read_journal(path: &Path) -> HashSet<(usize, u64)> {
+/// The windows a previous run finished: `(file index, offset)`. A line counts only whole
+/// (ended by its newline) and naming a window of `config` by its data's digest, so that a
+/// line torn by a crash can never pass for another window.
+fn read_journal(path: &Path, config: &ArtifactConfig) -> HashSet<(usize, u64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    text.split_inclusive('\n')
         .filter_map(|line| {
-            let (i, offset) = line.split_once(' ')?;
-            Some((i.parse().ok()?, offset.parse().ok()?))
+            let mut fields = line.strip_suffix('\n')?.split(' ');
+            let (i, offset, digest) = (fields.next()?, fields.next()?, fields.next()?);
+            let (i, offset): (usize, u64) = (i.parse().ok()?, offset.parse().ok()?);
+            let chunk = config
+                .files
+                .get(i)?
+                .chunks
+                .iter()
+                .find(|c| c.chunk.offset == offset)?;
+            (chunk.chunk.digest.to_string() == digest && fields.next().is_none())
+                .then_some((i, offset))
         })
         .collect()
 }

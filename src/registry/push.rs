@@ -151,8 +151,11 @@ pub(crate) fn push(
         readers.push(path);
     }
     let tally = Tally::default();
+    progress.add_items(work.len() as u64);
     let handled = parallel_on(opts.jobs, &work, |item| {
-        handle(&client, snapshot, &readers, item, opts, &tally, progress)
+        let done = handle(&client, snapshot, &readers, item, opts, &tally, progress);
+        progress.item_done();
+        done
     })?;
 
     let mut files: Vec<FileMap> = snapshot

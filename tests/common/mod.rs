@@ -380,6 +380,7 @@ pub fn assert_store_holds(root: &Path, expected: &std::collections::BTreeMap<Str
         let id = name
             .strip_suffix(".lease")
             .or_else(|| name.strip_suffix(".json"))
+            .or_else(|| name.strip_suffix(".chunks"))
             .unwrap_or(&name);
         assert!(
             expected.contains_key(id),

@@ -15,6 +15,7 @@
 mod extents;
 mod index;
 mod ops;
+mod registry;
 mod render;
 mod scratch;
 mod timing;
@@ -57,6 +58,12 @@ pub(crate) struct Args {
     /// Extent counts of the disks the extents rows clone; 0 skips them
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     extents: Vec<usize>,
+    /// Also push and pull through a docker-registry started on loopback, against curl
+    #[arg(long)]
+    registry: bool,
+    /// Only the registry rows (with --registry)
+    #[arg(long, requires = "registry")]
+    registry_only: bool,
 }
 
 /// Mounted scratch filesystems, shared with the Ctrl-C handler so it can remove them.
@@ -129,6 +136,22 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
             .with_context(|| format!("cannot make a work dir in {}", target.display()))?;
         let run = ops::Run::new(dir.path(), &workload, args.runs, out)?;
         let (fs, cp_flag) = run.setting();
+        if args.registry {
+            out.note(format_args!("{fs}: registry rows"));
+            let (root, data) = run.store();
+            rows.extend(registry::bench_registry(
+                dir.path(),
+                &root,
+                &data,
+                args.runs,
+                &fs,
+            )?);
+        }
+        if args.registry_only {
+            drop(dir);
+            lock(mounts).clear();
+            continue;
+        }
         rows.extend(run.all()?);
         let wanted = |counts: &[usize]| {
             counts

@@ -92,6 +92,11 @@ impl<'a> Run<'a> {
         (self.fs.clone(), self.cp_flag)
     }
 
+    /// The store root and the bench snapshot's data dir.
+    pub(super) fn store(&self) -> (PathBuf, PathBuf) {
+        (self.root.clone(), self.data.clone())
+    }
+
     /// Every comparison, in order; the rows.
     pub(super) fn all(mut self) -> Result<Vec<Row>> {
         // What a user would run to make a copy durable: snapstore fsyncs what it saves, and what
