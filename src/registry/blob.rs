@@ -142,7 +142,7 @@ fn write_window(
 }
 
 /// How placing a window's data failed.
-enum Place {
+pub(crate) enum Place {
     Short,
     Long,
     /// Reading or decoding the blob.
@@ -152,8 +152,11 @@ enum Place {
 }
 
 /// Writes the data stream's bytes at the runs' places, hashing them when `hash`; the stream
-/// must hold exactly the runs' bytes.
-fn place_runs(
+/// must hold exactly the runs' bytes. The window's extents (where its source had blocks) are
+/// written whole, zeros between the runs included, in pieces of up to [`WRITE_SIZE`]: the copy
+/// is allocated as its source was, and a window of small runs costs a few large writes, not
+/// one per run. Outside them, holes stay holes.
+pub(crate) fn place_runs(
     mut data: Box<dyn Read + '_>,
     file: &File,
     path: &Path,
@@ -161,28 +164,101 @@ fn place_runs(
     hash: bool,
     progress: &Progress,
 ) -> std::result::Result<Option<Digest>, Place> {
+    let runs = &map.chunk.runs;
     let mut hasher = Hasher::default();
     let mut buf = vec![0u8; WRITE_SIZE];
-    for &[start, len] in &map.chunk.runs {
+    // The next run to fill, and where in it the stream stands.
+    let mut next = 0;
+    let mut at = runs.first().map_or(0, |[start, _]| *start);
+    for [start, len] in regions(&map.chunk.runs, &map.chunk.extents) {
         let mut pos = start;
         while pos < start + len {
-            let want = (start + len - pos).min(WRITE_SIZE as u64) as usize;
-            let got = read_full(&mut data, &mut buf[..want]).map_err(Place::Io)?;
-            if got < want {
-                return Err(Place::Short);
+            let n = (start + len - pos).min(WRITE_SIZE as u64);
+            let piece = &mut buf[..n as usize];
+            piece.fill(0);
+            while let Some(&[run_start, run_len]) = runs.get(next) {
+                let run_end = run_start + run_len;
+                if run_start >= pos + n {
+                    break;
+                }
+                let stop = run_end.min(pos + n);
+                let bytes = &mut piece[(at - pos) as usize..(stop - pos) as usize];
+                let got = read_full(&mut data, bytes).map_err(Place::Io)?;
+                if got < bytes.len() {
+                    return Err(Place::Short);
+                }
+                if hash {
+                    hasher.update(bytes);
+                }
+                progress.advance(got as u64);
+                at = stop;
+                if stop < run_end {
+                    break;
+                }
+                next += 1;
+                at = runs.get(next).map_or(at, |[s, _]| *s);
             }
-            file.write_all_at(&buf[..want], pos)
+            file.write_all_at(piece, pos)
                 .map_err(|e| Place::Write(Error::io("write", path, e)))?;
-            if hash {
-                hasher.update(&buf[..want]);
-            }
-            progress.advance(want as u64);
-            pos += want as u64;
+            pos += n;
         }
     }
     match read_full(&mut data, &mut [0u8; 1]).map_err(Place::Io)? {
         0 => Ok(hash.then(|| hasher.finish())),
         _ => Err(Place::Long),
+    }
+}
+
+/// The ranges to write: the runs and the extents, merged, in order.
+fn regions(runs: &[[u64; 2]], extents: &[[u64; 2]]) -> Vec<[u64; 2]> {
+    let mut all: Vec<[u64; 2]> = runs.iter().chain(extents).copied().collect();
+    all.sort_unstable();
+    let mut merged: Vec<[u64; 2]> = Vec::with_capacity(all.len());
+    for [start, len] in all {
+        match merged.last_mut() {
+            Some([s, l]) if start <= *s + *l => *l = (*l).max(start + len - *s),
+            _ => merged.push([start, len]),
+        }
+    }
+    merged
+}
+
+/// The bytes of a window's runs, read back to back from `file`, where the window starts at
+/// `base` instead of at the runs' own window offset: the stream a window's blob would carry.
+pub(crate) struct RunsReader<'a> {
+    file: &'a File,
+    /// The runs, moved to where they are in `file`.
+    runs: Vec<[u64; 2]>,
+    next: usize,
+    done: u64,
+}
+
+impl<'a> RunsReader<'a> {
+    pub(crate) fn new(file: &'a File, map: &ChunkMap, base: u64) -> RunsReader<'a> {
+        let shift = |o: u64| o - map.chunk.offset + base;
+        RunsReader {
+            file,
+            runs: map.chunk.runs.iter().map(|&[o, l]| [shift(o), l]).collect(),
+            next: 0,
+            done: 0,
+        }
+    }
+}
+
+impl Read for RunsReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(&[start, len]) = self.runs.get(self.next) else {
+            return Ok(0);
+        };
+        let want = (len - self.done).min(buf.len() as u64) as usize;
+        self.file
+            .read_exact_at(&mut buf[..want], start + self.done)?;
+        self.done += want as u64;
+        if self.done == len {
+            self.next += 1;
+            self.done = 0;
+        }
+        Ok(want)
     }
 }
 
@@ -268,4 +344,79 @@ pub(crate) fn read_blob(
         )));
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::format::Chunk;
+
+    fn map(runs: Vec<[u64; 2]>, extents: Vec<[u64; 2]>) -> ChunkMap {
+        ChunkMap {
+            chunk: Chunk {
+                offset: 0,
+                length: 1 << 24,
+                runs,
+                digest: Digest::of(b""),
+                extents,
+            },
+            layer: Digest::of(b""),
+        }
+    }
+
+    #[test]
+    fn runs_land_in_place_and_extents_are_written_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("f");
+        let file = File::create(&path).expect("create");
+        file.set_len(1 << 24).expect("size");
+        let runs = vec![[4096, 10], [8192, 4096], [3 << 20, 5000]];
+        // A run outside every extent is still written; the first extent spans two runs and
+        // the zeros between them, and is longer than one write.
+        let extents = vec![[0, 2 << 20]];
+        let stream: Vec<u8> = (0..(10 + 4096 + 5000))
+            .map(|i| (i % 251 + 1) as u8)
+            .collect();
+        let placed = place_runs(
+            Box::new(&stream[..]),
+            &file,
+            &path,
+            &map(runs.clone(), extents),
+            true,
+            &Progress::default(),
+        );
+        let Ok(Some(digest)) = placed else {
+            panic!("placing failed")
+        };
+        assert_eq!(digest, Digest::of(&stream));
+        let bytes = std::fs::read(&path).expect("read");
+        let mut at = 0;
+        for [start, len] in runs {
+            let (start, len) = (start as usize, len as usize);
+            assert_eq!(&bytes[start..start + len], &stream[at..at + len]);
+            at += len;
+        }
+        assert!(bytes[..4096].iter().all(|&b| b == 0));
+        assert!(bytes[4106..8192].iter().all(|&b| b == 0));
+        let segments = crate::clone::sparse::data_segments(&file, 1 << 24).expect("segments");
+        assert_eq!(segments.first(), Some(&(0, 2 << 20)), "{segments:?}");
+        let short = place_runs(
+            Box::new(&stream[..100]),
+            &file,
+            &path,
+            &map(vec![[0, 200]], vec![]),
+            false,
+            &Progress::default(),
+        );
+        assert!(matches!(short, Err(Place::Short)));
+        let long = place_runs(
+            Box::new(&stream[..]),
+            &file,
+            &path,
+            &map(vec![[0, 200]], vec![]),
+            false,
+            &Progress::default(),
+        );
+        assert!(matches!(long, Err(Place::Long)));
+    }
 }

@@ -149,9 +149,21 @@ pub(crate) struct Chunk {
     pub(crate) runs: Vec<[u64; 2]>,
     /// sha256 of the runs' bytes back to back.
     pub(crate) digest: Digest,
+    /// Where the source file had blocks in the window (its data segments, which may hold zero
+    /// blocks the runs leave out), `[offset, length]`: a hint, not part of the data. A pull
+    /// writes these ranges whole, zeros and all, so the copy is allocated as its source was
+    /// and written in large pieces; what lies outside them stays a hole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) extents: Vec<[u64; 2]>,
 }
 
 impl Chunk {
+    /// Whether two chunks describe the same bytes, whatever their allocation hints.
+    pub(crate) fn same_data(&self, other: &Chunk) -> bool {
+        (self.offset, self.length, &self.runs, self.digest)
+            == (other.offset, other.length, &other.runs, other.digest)
+    }
+
     /// The bytes of data the runs hold.
     pub(crate) fn data_len(&self) -> u64 {
         self.runs.iter().map(|[_, len]| len).sum()
@@ -313,12 +325,20 @@ fn check_chunk(chunk: &Chunk, file_size: u64, window: u64, next: u64) -> Result<
     if chunk.runs.is_empty() {
         return Err("no runs".into());
     }
+    check_ranges(chunk, &chunk.runs, "run")?;
+    check_ranges(chunk, &chunk.extents, "extent")
+}
+
+/// Checks that `ranges` are sorted, apart, non-empty and inside the chunk's window.
+fn check_ranges(chunk: &Chunk, ranges: &[[u64; 2]], what: &str) -> Result<(), String> {
     let mut pos = chunk.offset;
-    for &[start, len] in &chunk.runs {
-        let end = start.checked_add(len).ok_or("run overflows")?;
+    for &[start, len] in ranges {
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| format!("{what} overflows"))?;
         if len == 0 || start < pos || end > chunk.end() {
             return Err(format!(
-                "run [{start}, {len}] overlaps another or leaves the window"
+                "{what} [{start}, {len}] overlaps another or leaves the window"
             ));
         }
         pos = end;
@@ -348,6 +368,7 @@ mod tests {
                 length,
                 runs,
                 digest: Digest::of(b"data"),
+                extents: vec![[offset, length]],
             },
             layer: Digest::of(&[layer]),
         }
@@ -415,6 +436,10 @@ mod tests {
             (vec![[u64::MAX - 1, 4096]], "overflows"),
             (vec![], "no runs"),
         ];
+        let mut odd = chunk(0, 16 * MIB, vec![[0, 1]], 1);
+        odd.chunk.extents = vec![[4096, 4096], [0, 4096]];
+        let err = check(vec![file("d", 32 * MIB, vec![odd])]).expect_err("extents");
+        assert!(err.contains("extent"), "{err}");
         for (runs, want) in cases {
             let err = check(vec![file(
                 "d",

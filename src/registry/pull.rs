@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::layout::{DIR_MODE, Layout};
 use crate::progress::Progress;
-use crate::registry::blob::{BlobFailure, WRITE_SIZE, download, read_blob};
+use crate::registry::blob::{
+    BlobFailure, Place, RunsReader, WRITE_SIZE, download, place_runs, read_blob,
+};
 use crate::registry::client::{Client, Connection};
 use crate::registry::digest::{Digest, Hasher};
 use crate::registry::format::{
@@ -457,7 +459,14 @@ fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(File, bool)>> 
                 return Ok((file, true));
             }
             fsutil::remove_all(&path)?;
-            let file = fsutil::create_new(&path, 0o644)?;
+            // Read as well as written: a window cloned from the store is checked where it lands.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&path)
+                .map_err(|e| Error::io("create", &path, e))?;
             file.set_len(f.size)
                 .map_err(|e| Error::io("truncate", &path, e))?;
             Ok((file, false))
@@ -528,45 +537,53 @@ fn clone_local(
     let Ok(src) = File::open(src_path) else {
         return Ok(None);
     };
+    // A file's last window may end off a block boundary: the clone takes the whole blocks, a
+    // copy the rest.
     let aligned = chunk.length / BLOCK * BLOCK;
-    let method = match sys::ficlone_range(dst, chunk.offset, &src, src_offset, aligned) {
-        Ok(()) => CloneMethod::Reflink,
-        Err(e) if sys::clone_unsupported(&e) => CloneMethod::Copy,
+    let cloned = match sys::ficlone_range(dst, chunk.offset, &src, src_offset, aligned) {
+        Ok(()) => true,
+        Err(e) if sys::clone_unsupported(&e) => false,
         Err(e) => return Err(Error::io("clone", dst_path, e)),
     };
-    let cloned_to = match method {
-        CloneMethod::Reflink => chunk.offset + aligned,
-        _ => chunk.offset,
-    };
-    let mut hasher = Hasher::default();
-    let mut buf = vec![0u8; WRITE_SIZE];
-    for &[start, len] in &chunk.runs {
-        let mut pos = start;
-        while pos < start + len {
-            let n = (start + len - pos).min(WRITE_SIZE as u64) as usize;
-            let bytes = &mut buf[..n];
-            if src
-                .read_exact_at(bytes, pos - chunk.offset + src_offset)
-                .is_err()
-            {
-                return Ok(None);
-            }
-            hasher.update(bytes);
-            if pos + n as u64 > cloned_to {
-                let skip = cloned_to.saturating_sub(pos) as usize;
-                dst.write_all_at(&bytes[skip..], pos + skip as u64)
-                    .map_err(|e| Error::io("write", dst_path, e))?;
-            }
-            pos += n as u64;
+    let quiet = Progress::default();
+    let digest = if cloned {
+        let mut tail = vec![0u8; (chunk.length - aligned) as usize];
+        if src.read_exact_at(&mut tail, src_offset + aligned).is_err() {
+            return Ok(None);
         }
-    }
-    if hasher.finish() != chunk.digest {
-        // Whatever the clone brought besides the runs must not stay.
+        dst.write_all_at(&tail, chunk.offset + aligned)
+            .map_err(|e| Error::io("write", dst_path, e))?;
+        // The clone's bytes are checked where they now are.
+        let mut runs = RunsReader::new(dst, map, chunk.offset);
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; WRITE_SIZE];
+        loop {
+            match runs.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(_) => return Ok(None),
+            }
+        }
+        hasher.finish()
+    } else {
+        let runs = Box::new(RunsReader::new(&src, map, src_offset));
+        match place_runs(runs, dst, dst_path, map, true, &quiet) {
+            Ok(Some(digest)) => digest,
+            Err(Place::Write(e)) => return Err(e),
+            Ok(None) | Err(_) => return Ok(None),
+        }
+    };
+    if digest != chunk.digest {
+        // Whatever came besides the runs must not stay.
         sys::punch_hole(dst, chunk.offset, chunk.length)
             .map_err(|e| Error::io("punch", dst_path, e))?;
         return Ok(None);
     }
-    Ok(Some(method))
+    Ok(Some(if cloned {
+        CloneMethod::Reflink
+    } else {
+        CloneMethod::Copy
+    }))
 }
 
 fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

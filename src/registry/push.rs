@@ -129,10 +129,15 @@ pub(crate) fn push(
     }
     let client = Client::new(target, &opts.connection, true)?;
     let record = ChunkRecord::read(&snapshot.record).filter(|r| r.chunk_size == opts.chunk_size);
+    let paths: Vec<PathBuf> = snapshot
+        .files
+        .iter()
+        .map(|(name, _)| snapshot.dir.join(name))
+        .collect();
     let mut work = Vec::new();
+    // One reader per file read, shared by its windows: its data segments are asked for once.
     let mut readers = Vec::new();
     for (i, (name, size)) in snapshot.files.iter().enumerate() {
-        let path = snapshot.dir.join(name);
         let recorded = record.as_ref().and_then(|r| r.file(name, *size));
         match recorded {
             Some(file)
@@ -140,20 +145,26 @@ pub(crate) fn push(
                     || file.chunks.iter().all(|c| c.zstd.is_some()) =>
             {
                 work.extend(file.chunks.iter().map(|c| Work::Known(i, c.clone())));
+                readers.push(None);
             }
             _ => {
-                let reader = WindowReader::open(&path)?;
+                let reader = WindowReader::open(&paths[i])?;
                 let windows = reader.windows_with_segments(opts.chunk_size);
                 progress.add_total(windows.len() as u64 * opts.chunk_size.min(*size));
                 work.extend(windows.into_iter().map(|w| Work::Unknown(i, w)));
+                readers.push(Some(reader));
             }
         }
-        readers.push(path);
     }
     let tally = Tally::default();
     progress.add_items(work.len() as u64);
+    let files = Files {
+        dir: &snapshot.dir,
+        paths: &paths,
+        readers: &readers,
+    };
     let handled = parallel_on(opts.jobs, &work, |item| {
-        let done = handle(&client, snapshot, &readers, item, opts, &tally, progress);
+        let done = handle(&client, &files, item, opts, &tally, progress);
         progress.item_done();
         done
     })?;
@@ -227,12 +238,41 @@ pub(crate) fn push(
     })
 }
 
+/// The files of the snapshot being pushed, and the readers of those whose windows are read.
+struct Files<'a> {
+    dir: &'a Path,
+    paths: &'a [PathBuf],
+    readers: &'a [Option<WindowReader<'a>>],
+}
+
+impl Files<'_> {
+    /// Reads window `offset` of file `i` into a blob, with the file's reader or a new one.
+    fn blob(
+        &self,
+        i: usize,
+        offset: u64,
+        length: u64,
+        opts: &PushOptions,
+        progress: &Progress,
+    ) -> Result<Option<(RecordedChunk, Vec<u8>)>> {
+        match &self.readers[i] {
+            Some(reader) => make_blob(reader, offset, length, opts, progress),
+            None => make_blob(
+                &WindowReader::open(&self.paths[i])?,
+                offset,
+                length,
+                opts,
+                progress,
+            ),
+        }
+    }
+}
+
 /// Handles one window: makes its blob if the record does not know it, and sends it unless the
 /// registry has it.
 fn handle(
     client: &Client,
-    snapshot: &Outgoing,
-    paths: &[PathBuf],
+    files: &Files<'_>,
     item: &Work,
     opts: &PushOptions,
     tally: &Tally,
@@ -241,19 +281,19 @@ fn handle(
     match item {
         Work::Known(file, chunk) => {
             let layer = layer_of(chunk, opts.compression);
-            let path = &paths[*file];
+            let path = &files.paths[*file];
             send_blob(client, layer, tally, || {
-                let reader = WindowReader::open(path)?;
-                let (again, blob) = make_blob(
-                    &reader,
-                    chunk.chunk.offset,
-                    chunk.chunk.length,
-                    opts,
-                    progress,
-                )?
-                .ok_or_else(|| changed(path, &snapshot.dir))?;
-                if again.chunk != chunk.chunk || Digest::of(&blob) != layer.digest {
-                    return Err(changed(path, &snapshot.dir));
+                let (again, blob) = files
+                    .blob(
+                        *file,
+                        chunk.chunk.offset,
+                        chunk.chunk.length,
+                        opts,
+                        progress,
+                    )?
+                    .ok_or_else(|| changed(path, files.dir))?;
+                if !again.chunk.same_data(&chunk.chunk) || Digest::of(&blob) != layer.digest {
+                    return Err(changed(path, files.dir));
                 }
                 Ok(blob)
             })?;
@@ -264,9 +304,8 @@ fn handle(
             }))
         }
         Work::Unknown(file, offset) => {
-            let path = &paths[*file];
-            let reader = WindowReader::open(path)?;
-            let Some((chunk, blob)) = make_blob(&reader, *offset, opts.chunk_size, opts, progress)?
+            let Some((chunk, blob)) =
+                files.blob(*file, *offset, opts.chunk_size, opts, progress)?
             else {
                 return Ok(None);
             };

@@ -180,7 +180,7 @@ fn compare(name: &str, was: &[RecordedChunk], now: &[RecordedChunk]) -> Vec<Mism
         .filter_map(|(start, end)| {
             let (was, now) = (at(was, start), at(now, start));
             let reason = match (&was, &now) {
-                (Some(w), Some(n)) if w == n => return None,
+                (Some(w), Some(n)) if w.same_data(n) => return None,
                 (None, None) => return None,
                 (Some(w), Some(n)) if w.runs != n.runs => "its data runs differ from the record",
                 (Some(_), Some(_)) => "its data does not match its recorded digest",
