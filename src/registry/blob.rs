@@ -262,6 +262,20 @@ impl Read for RunsReader<'_> {
     }
 }
 
+/// The sha256 of the runs of `map`'s window as they are in `file`, whose window starts at
+/// `base`: what the window's digest must be.
+pub(crate) fn runs_digest(file: &File, map: &ChunkMap, base: u64) -> io::Result<Digest> {
+    let mut runs = RunsReader::new(file, map, base);
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; WRITE_SIZE];
+    loop {
+        match runs.read(&mut buf)? {
+            0 => return Ok(hasher.finish()),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
 /// Reads until `buf` is full or the stream ends; the bytes read.
 fn read_full(data: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;

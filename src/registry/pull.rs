@@ -4,13 +4,15 @@
 //! the filesystem cannot) after its bytes are checked against the digest; every other window
 //! is downloaded, and its blob is untrusted until its sha256 and its data's sha256 match.
 //!
-//! The staging dir is keyed by the manifest's digest and each finished window (fsynced) is
-//! noted in a journal beside it, so a pull that was cut off resumes where it stopped. The
+//! The staging dir is keyed by the manifest's digest and each finished window is noted in a
+//! journal beside it, so a pull that was cut off resumes where it stopped; a noted window is
+//! kept only if its bytes still hash to its digest. The files are fsynced once, whole, before
+//! the commit. The
 //! store commits the files through its one create path; nothing is listed before that.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -23,10 +25,10 @@ use crate::fsutil;
 use crate::layout::{DIR_MODE, Layout};
 use crate::progress::Progress;
 use crate::registry::blob::{
-    BlobFailure, Place, RunsReader, WRITE_SIZE, download, place_runs, read_blob,
+    BlobFailure, Place, RunsReader, download, place_runs, read_blob, runs_digest,
 };
 use crate::registry::client::{Client, Connection};
-use crate::registry::digest::{Digest, Hasher};
+use crate::registry::digest::Digest;
 use crate::registry::format::{
     ArtifactConfig, BLOCK, Chunk, ChunkMap, Descriptor, LAYER_ZSTD, MANIFEST_TYPE,
     MAX_MANIFEST_BYTES, Manifest,
@@ -262,12 +264,16 @@ impl Artifact {
         progress.add_total(windows.iter().map(|(_, c)| c.chunk.data_len()).sum());
         progress.add_items(windows.len() as u64);
         let got = parallel_on(jobs, &windows, |&(i, map)| {
-            if done.contains(&(i, map.chunk.offset)) {
+            let (file, path) = (&files[i].0, dir.join(&config.files[i].name));
+            // A window a previous run noted is kept if its bytes on disk are still its digest's:
+            // after a power cut they may not be, and then it is fetched again.
+            if done.contains(&(i, map.chunk.offset))
+                && runs_digest(file, map, map.chunk.offset).ok() == Some(map.chunk.digest)
+            {
                 progress.advance(map.chunk.data_len());
                 progress.item_done();
                 return Ok(Got::Journaled);
             }
-            let (file, path) = (&files[i].0, dir.join(&config.files[i].name));
             let from_store = match local.find(map) {
                 Some((src, at)) => clone_local(file, &path, map, src, *at)?,
                 None => None,
@@ -288,17 +294,9 @@ impl Artifact {
             if let Got::Local(_, n) = got {
                 progress.advance(n);
             }
-            // Writeback starts now; the journal names the window once a checkpoint has fsynced
-            // it, so a line in the journal always means data on disk.
-            sys::start_writeback(file, map.chunk.offset, map.chunk.length)
-                .map_err(|e| Error::io("write", &path, e))?;
-            journal.finished(i, &map.chunk, &files, &dir, &config)?;
+            journal.finished(i, &map.chunk);
             progress.item_done();
             Ok(got)
-        });
-        // A pull that fails keeps what it finished for the next run.
-        let got = got.inspect_err(|_| {
-            let _ = journal.checkpoint(&files, &dir, &config);
         })?;
 
         let mut methods = vec![None::<CloneMethod>; config.files.len()];
@@ -328,8 +326,6 @@ impl Artifact {
             file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
         }
         fsutil::fsync_dir(&dir)?;
-        // Everything is on disk: a crash before the commit resumes with nothing to fetch.
-        journal.flush_synced();
         let record = record_of(&config, &layers);
         Ok(Fetched {
             dir,
@@ -349,16 +345,13 @@ impl Artifact {
     }
 }
 
-/// Data fetched between two checkpoints: a checkpoint's fsyncs then flush it in large
-/// batches, as `sync` after `curl` would, instead of one window at a time.
-const CHECKPOINT: u64 = 512 << 20;
-
-/// The journal of a pull: finished windows, named once their data is durable.
+/// The journal of a pull: the windows it finished, one line `INDEX OFFSET DIGEST` each. Not
+/// fsynced, and not trusted either: a re-run keeps a noted window only if the bytes in place
+/// hash to its digest, so a line that outlived its data (a power cut) costs a download, never
+/// a wrong byte.
 struct Journal {
     path: PathBuf,
     file: Mutex<File>,
-    /// Windows finished since the last checkpoint, and their data bytes.
-    pending: Mutex<(Vec<String>, u64)>,
 }
 
 impl Journal {
@@ -372,69 +365,14 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             file: Mutex::new(file),
-            pending: Mutex::new((Vec::new(), 0)),
         })
     }
 
-    /// Notes a finished window of file `i`: a line `INDEX OFFSET DIGEST`. Past [`CHECKPOINT`] bytes, fsyncs the files of the
-    /// pending windows and names them in the journal.
-    fn finished(
-        &self,
-        i: usize,
-        chunk: &Chunk,
-        files: &[(File, bool)],
-        dir: &Path,
-        config: &ArtifactConfig,
-    ) -> Result<()> {
-        {
-            let mut pending = lock_mutex(&self.pending);
-            pending
-                .0
-                .push(format!("{i} {} {}\n", chunk.offset, chunk.digest));
-            pending.1 += chunk.data_len();
-            if pending.1 < CHECKPOINT {
-                return Ok(());
-            }
-        }
-        self.checkpoint(files, dir, config)
-    }
-
-    /// Fsyncs the files of the pending windows and names those windows in the journal.
-    fn checkpoint(
-        &self,
-        files: &[(File, bool)],
-        dir: &Path,
-        config: &ArtifactConfig,
-    ) -> Result<()> {
-        let due = std::mem::take(&mut *lock_mutex(&self.pending));
-        let touched: HashSet<usize> = due
-            .0
-            .iter()
-            .filter_map(|line| line.split(' ').next()?.parse().ok())
-            .collect();
-        for i in touched {
-            let path = dir.join(&config.files[i].name);
-            files[i]
-                .0
-                .sync_data()
-                .map_err(|e| Error::io("fsync", &path, e))?;
-        }
-        self.append(&due.0);
-        Ok(())
-    }
-
-    /// Names every pending window: the caller has fsynced all the files.
-    fn flush_synced(&self) {
-        let due = std::mem::take(&mut *lock_mutex(&self.pending));
-        self.append(&due.0);
-    }
-
-    /// Best effort: a window whose line is lost is fetched again by the next run.
-    fn append(&self, lines: &[String]) {
-        if lock_mutex(&self.file)
-            .write_all(lines.concat().as_bytes())
-            .is_err()
-        {
+    /// Notes a finished window of file `i`. Best effort: a window whose line is lost is fetched
+    /// again by the next run.
+    fn finished(&self, i: usize, chunk: &Chunk) {
+        let line = format!("{i} {} {}\n", chunk.offset, chunk.digest);
+        if lock_mutex(&self.file).write_all(line.as_bytes()).is_err() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -554,17 +492,10 @@ fn clone_local(
         dst.write_all_at(&tail, chunk.offset + aligned)
             .map_err(|e| Error::io("write", dst_path, e))?;
         // The clone's bytes are checked where they now are.
-        let mut runs = RunsReader::new(dst, map, chunk.offset);
-        let mut hasher = Hasher::default();
-        let mut buf = vec![0u8; WRITE_SIZE];
-        loop {
-            match runs.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(_) => return Ok(None),
-            }
+        match runs_digest(dst, map, chunk.offset) {
+            Ok(digest) => digest,
+            Err(_) => return Ok(None),
         }
-        hasher.finish()
     } else {
         let runs = Box::new(RunsReader::new(&src, map, src_offset));
         match place_runs(runs, dst, dst_path, map, true, &quiet) {
