@@ -27,6 +27,24 @@ fn source(dir: &Path) -> PathBuf {
     vm_snapshot(dir, 8 * MIB, 256 * MIB, 16 * MIB)
 }
 
+/// A `$DOCKER_CONFIG` dir under `dir` whose `config.json` holds `user:password` for `registry`,
+/// as `docker login` writes it.
+fn docker_login(dir: &Path, registry: &Registry, user_password: &str) -> PathBuf {
+    let docker = dir.join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let auth = data_encoding::BASE64.encode(user_password.as_bytes());
+    let config = json!({"auths": {registry.host(): {"auth": auth}}});
+    std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+    docker
+}
+
+/// Checks that a run of snapstore exited 0; its stderr.
+fn succeeded(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
 /// Saves the directory `src` into the store at `root` as `name`.
 fn save(root: &Path, src: &Path, name: &str) {
     ok(
@@ -73,13 +91,20 @@ fn assert_same_files(a: &Path, b: &Path) {
     );
 }
 
-fn round_trip(scratch: &Path) {
-    let Some(registry) = Registry::start() else {
-        return;
-    };
+/// A registry, the source dir, a store `one` that saved it as `base`, and an empty store
+/// `two`, all under `scratch`; `None` (SKIPPED) without the registry.
+fn saved(scratch: &Path) -> Option<(Registry, PathBuf, PathBuf, PathBuf)> {
+    let registry = Registry::start()?;
     let src = source(&scratch.join("src"));
     let (one, two) = (scratch.join("one"), scratch.join("two"));
     save(&one, &src, "base");
+    Some((registry, src, one, two))
+}
+
+fn round_trip(scratch: &Path) {
+    let Some((registry, src, one, two)) = saved(scratch) else {
+        return;
+    };
     let target = registry.at("vm/base");
     let first = push(&one, "base", &target, &[]);
     assert_eq!(first["target"], format!("{target}:base"));
@@ -144,12 +169,9 @@ fn a_round_trip_keeps_bytes_sizes_and_holes_on_xfs() {
 /// A child that changed 16 MiB of its parent's disk: its push sends at most two windows, and
 /// a pull next to the parent downloads at most two, the rest cloned from the parent.
 fn child_moves_only_changed_windows(scratch: &Path, shares: bool) {
-    let Some(registry) = Registry::start() else {
+    let Some((registry, src, one, two)) = saved(scratch) else {
         return;
     };
-    let src = source(&scratch.join("src"));
-    let (one, two) = (scratch.join("one"), scratch.join("two"));
-    save(&one, &src, "base");
     // The child: the same files with 16 MiB rewritten at an unaligned offset.
     let child = scratch.join("child");
     std::fs::create_dir(&child).unwrap();
@@ -227,10 +249,7 @@ fn a_child_pulled_beside_its_parent_shares_extents_on_xfs() {
 
 /// A pushed snapshot in a fresh registry: (registry, store, source dir, push report).
 fn pushed(scratch: &Path, compress: &str) -> Option<(Registry, PathBuf, PathBuf, Value)> {
-    let registry = Registry::start()?;
-    let src = source(&scratch.join("src"));
-    let root = scratch.join("one");
-    save(&root, &src, "base");
+    let (registry, src, root, _) = saved(scratch)?;
     let report = push(
         &root,
         "base",
@@ -240,27 +259,27 @@ fn pushed(scratch: &Path, compress: &str) -> Option<(Registry, PathBuf, PathBuf,
     Some((registry, root, src, report))
 }
 
-/// The layer digests of the pushed artifact, from its manifest in the registry's storage.
-fn layers(registry: &Registry, manifest: &str) -> Vec<String> {
+/// The layers of the pushed artifact, (digest, size) in manifest order, from its manifest in
+/// the registry's storage.
+fn manifest_layers(registry: &Registry, manifest: &str) -> Vec<(String, u64)> {
     let bytes = std::fs::read(registry.blob_file(manifest)).unwrap();
     let manifest: Value = serde_json::from_slice(&bytes).unwrap();
     manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .map(|l| {
+            let digest = l["digest"].as_str().unwrap().to_string();
+            (digest, l["size"].as_u64().unwrap())
+        })
         .collect()
 }
 
-/// The layer sizes of the pushed artifact, in manifest order.
-fn layer_sizes(registry: &Registry, manifest: &str) -> Vec<u64> {
-    let bytes = std::fs::read(registry.blob_file(manifest)).unwrap();
-    let manifest: Value = serde_json::from_slice(&bytes).unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
+/// The layer digests of the pushed artifact, in manifest order.
+fn layers(registry: &Registry, manifest: &str) -> Vec<String> {
+    manifest_layers(registry, manifest)
+        .into_iter()
+        .map(|(d, _)| d)
         .collect()
 }
 
@@ -290,7 +309,10 @@ fn a_pull_cut_off_resumes_and_downloads_only_the_missing_windows() {
     std::fs::write(&victim, saved).unwrap();
     let resumed = pull(&two, &source, &[]);
     // With one job, the windows before the broken one were finished and journaled.
-    let sizes = layer_sizes(&registry, report["digest"].as_str().unwrap());
+    let sizes: Vec<u64> = manifest_layers(&registry, report["digest"].as_str().unwrap())
+        .into_iter()
+        .map(|(_, size)| size)
+        .collect();
     let (total, before): (u64, u64) = (sizes.iter().sum(), sizes[..layers.len() / 2].iter().sum());
     let again = resumed["bytes_downloaded"].as_u64().unwrap();
     assert!(before > 0 && again > 0, "{sizes:?}");
@@ -575,48 +597,23 @@ fn credentials_are_asked_for_checked_and_never_shown() {
         err.contains("(401)") && err.contains("credentials needed"),
         "{err}"
     );
-    let out = run(
-        &[
-            "push",
-            "base",
-            &target,
-            "--username",
-            "alice",
-            "--password-stdin",
-        ],
-        Some("wrong-pw\n"),
-        &empty,
-    );
+    let login = [
+        "push",
+        "base",
+        &target,
+        "--username",
+        "alice",
+        "--password-stdin",
+    ];
+    let out = run(&login, Some("wrong-pw\n"), &empty);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused"), "{err}");
     assert!(!err.contains("wrong-pw"), "{err}");
-    let out = run(
-        &[
-            "push",
-            "base",
-            &target,
-            "--username",
-            "alice",
-            "--password-stdin",
-        ],
-        Some("s3cr3t-pw\n"),
-        &empty,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t"));
+    let out = run(&login, Some("s3cr3t-pw\n"), &empty);
+    let err = succeeded(&out);
+    assert!(!err.contains("s3cr3t"), "{err}");
     // From docker login's config.
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir(&docker).unwrap();
-    let auth = data_encoding::BASE64.encode(b"alice:s3cr3t-pw");
-    std::fs::write(
-        docker.join("config.json"),
-        json!({"auths": {registry.host(): {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
+    let docker = docker_login(tmp.path(), &registry, "alice:s3cr3t-pw");
     let two = tmp.path().join("two");
     let mut cmd = command_in(&two);
     let out = cmd
@@ -624,11 +621,7 @@ fn credentials_are_asked_for_checked_and_never_shown() {
         .env("DOCKER_CONFIG", &docker)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
 }
 
 #[test]
@@ -704,22 +697,14 @@ fn bearer_tokens_come_from_the_realm_with_the_credentials_and_are_renewed_midway
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("credentials needed"), "{err}");
 
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir(&docker).unwrap();
-    let auth = data_encoding::BASE64.encode(b"alice:t0ken-pw");
-    let config = json!({"auths": {registry.host(): {"auth": auth}}});
-    std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+    let docker = docker_login(tmp.path(), &registry, "alice:t0ken-pw");
     let before = tokens.issued.load(std::sync::atomic::Ordering::SeqCst);
     let out = command_in(&root)
         .args(["push", "base", &target])
         .env("DOCKER_CONFIG", &docker)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     // The first token allowed only pull: the uploads were refused with it, and a second one
     // was fetched in the middle of the push.
     let issued = tokens.issued.load(std::sync::atomic::Ordering::SeqCst) - before;
@@ -730,12 +715,7 @@ fn bearer_tokens_come_from_the_realm_with_the_credentials_and_are_renewed_midway
         .env("DOCKER_CONFIG", &docker)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("t0ken-pw"));
+    assert!(!succeeded(&out).contains("t0ken-pw"));
 }
 
 #[test]
