@@ -292,7 +292,9 @@ fn handle(
                         progress,
                     )?
                     .ok_or_else(|| changed(path, files.dir))?;
-                if !again.chunk.same_data(&chunk.chunk) || Digest::of(&blob) != layer.digest {
+                // The blob's digest was computed as it was made: a raw blob's is its data's.
+                let made = again.zstd.map_or(again.chunk.digest, |blob| blob.digest);
+                if !again.chunk.same_data(&chunk.chunk) || made != layer.digest {
                     return Err(changed(path, files.dir));
                 }
                 Ok(blob)

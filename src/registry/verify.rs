@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::registry::format::DEFAULT_CHUNK_SIZE;
 use crate::registry::record::{ChunkRecord, RecordedChunk, RecordedFile};
-use crate::registry::window::{WindowReader, discard};
+use crate::registry::window::WindowReader;
 use crate::types::SnapshotId;
 
 /// Options of [`LocalFile::verify`](crate::LocalFile::verify).
@@ -85,7 +85,7 @@ fn scan(path: &Path, chunk_size: u64, progress: &Progress) -> Result<RecordedFil
     let reader = WindowReader::open(path)?;
     let mut chunks = Vec::new();
     for offset in reader.windows_with_segments(chunk_size) {
-        if let Some(chunk) = reader.read(offset, chunk_size, &mut discard(), progress)? {
+        if let Some(chunk) = reader.read(offset, chunk_size, &mut std::io::sink(), progress)? {
             chunks.push(RecordedChunk { chunk, zstd: None });
         }
     }

@@ -3,7 +3,7 @@
 //! on how the file happens to be allocated), their sha256, and their bytes streamed to a sink.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -139,11 +139,6 @@ pub(crate) fn is_zero(bytes: &[u8]) -> bool {
         .all(|piece| piece == &ZEROS[..piece.len()])
 }
 
-/// A sink that keeps nothing: for reading a window only to hash it.
-pub(crate) fn discard() -> io::Sink {
-    io::sink()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,12 +173,22 @@ mod tests {
         assert_eq!(sink.len(), 8192);
         assert_eq!(chunk.digest, Digest::of(&sink));
         let second = reader
-            .read(16 * MIB, 16 * MIB, &mut discard(), &Progress::default())
+            .read(
+                16 * MIB,
+                16 * MIB,
+                &mut std::io::sink(),
+                &Progress::default(),
+            )
             .expect("read")
             .expect("data");
         assert_eq!(second.runs, vec![[17 * MIB, 4096]]);
         let third = reader
-            .read(32 * MIB, 8 * MIB, &mut discard(), &Progress::default())
+            .read(
+                32 * MIB,
+                8 * MIB,
+                &mut std::io::sink(),
+                &Progress::default(),
+            )
             .expect("read");
         assert_eq!(third, None);
     }
@@ -202,7 +207,7 @@ mod tests {
         std::fs::write(&dense, &bytes).expect("write");
         let read = |p: &Path| {
             let r = WindowReader::open(p).expect("open");
-            r.read(0, 16 * MIB, &mut discard(), &Progress::default())
+            r.read(0, 16 * MIB, &mut std::io::sink(), &Progress::default())
                 .expect("read")
         };
         let (sparse, dense) = (read(&sparse).expect("data"), read(&dense).expect("data"));
@@ -217,7 +222,7 @@ mod tests {
         let path = sparse_file(dir.path(), 4096 + 10, &[(4096, b"abc")]);
         let reader = WindowReader::open(&path).expect("open");
         let chunk = reader
-            .read(0, 16 * MIB, &mut discard(), &Progress::default())
+            .read(0, 16 * MIB, &mut std::io::sink(), &Progress::default())
             .expect("read")
             .expect("data");
         assert_eq!(chunk.runs, vec![[4096, 10]]);
