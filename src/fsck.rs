@@ -343,13 +343,10 @@ fn present_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
 
 /// The snapshot IDs of the data dirs under the data root, in order.
 fn data_dirs(layout: &Layout) -> Result<Vec<SnapshotId>> {
-    let mut ids: Vec<SnapshotId> = fsutil::list_dir(&layout.data_root())?
+    Ok(fsutil::list_subdirs(&layout.data_root())?
         .into_iter()
-        .filter(|(_, meta)| meta.is_dir())
-        .filter_map(|(name, _)| SnapshotId::try_from(name.into_string().ok()?).ok())
-        .collect();
-    ids.sort();
-    Ok(ids)
+        .filter_map(|name| SnapshotId::try_from(name.into_string().ok()?).ok())
+        .collect())
 }
 
 /// Where a corrupt index is kept: beside it, stamped with the time, never overwriting.

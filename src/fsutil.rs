@@ -135,6 +135,37 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, fs::Metada
     Ok(out)
 }
 
+/// The names in a directory, sorted, with their types: what the directory itself records, so a
+/// directory of hundreds of thousands of entries is listed without a `stat` of each (one is
+/// made only where the filesystem does not record types).
+pub(crate) fn list_dir_types(dir: &Path) -> Result<Vec<(std::ffi::OsString, fs::FileType)>> {
+    list_dir_where(dir, |_| true)
+}
+
+/// The names of the directories in a directory, sorted, found as [`list_dir_types`] finds them.
+pub(crate) fn list_subdirs(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let dirs = list_dir_where(dir, fs::FileType::is_dir)?;
+    Ok(dirs.into_iter().map(|(name, _)| name).collect())
+}
+
+fn list_dir_where(
+    dir: &Path,
+    keep: impl Fn(&fs::FileType) -> bool,
+) -> Result<Vec<(std::ffi::OsString, fs::FileType)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", &entry.path(), e))?;
+        if keep(&kind) {
+            out.push((entry.file_name(), kind));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Whether `dir` has no entries; a missing dir counts as empty.
 pub(crate) fn is_missing_or_empty(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {

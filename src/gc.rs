@@ -374,14 +374,14 @@ impl Pass<'_> {
     fn data_root(&mut self, index: &Index) -> Result<()> {
         let root = self.layout.data_root();
         let gone = self.gone_ids();
-        for (name, meta) in fsutil::list_dir(&root)? {
+        for (name, kind) in fsutil::list_dir_types(&root)? {
             let Some(name) = name.to_str() else { continue };
             let path = root.join(name);
             if name.starts_with(TEMP_PREFIX) {
                 self.remove(Leftover::TempFile, path);
                 continue;
             }
-            let (stem, kind) = if meta.is_dir() {
+            let (stem, kind) = if kind.is_dir() {
                 (name, Leftover::OrphanDataDir)
             } else if let Some(stem) = name.strip_suffix(".lease") {
                 (stem, Leftover::OrphanLease)
@@ -526,7 +526,7 @@ impl Pass<'_> {
 
     /// Temp files of interrupted index writes: no writer is running, since gc holds the lock.
     fn temp_files(&mut self, dir: &Path) -> Result<()> {
-        for (name, _) in fsutil::list_dir(dir)? {
+        for (name, _) in fsutil::list_dir_types(dir)? {
             if name.to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
                 let path = dir.join(name);
                 self.remove(Leftover::TempFile, path);

@@ -16,12 +16,12 @@
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
@@ -34,26 +34,29 @@ const INDEX_MODE: u32 = 0o644;
 
 /// The index: every record by ID, and the names that point at them.
 ///
-/// Records are kept as the JSON they were read as, and parsed only when something needs their
-/// fields: a store of 10,000 snapshots is read, and rewritten after one change, without parsing
-/// (or re-serializing) the other 9,999. A record no one changed is written back byte for byte.
+/// Records are kept as the JSON they were read as (a span of the file's bytes, which the index
+/// holds), and parsed only when something needs their fields: a store of 100,000 snapshots is
+/// read, and rewritten after one change, without parsing, copying or re-serializing the other
+/// 99,999. A record no one changed is written back byte for byte.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Index {
     /// Where it was read from, for errors about records parsed later.
     path: PathBuf,
+    /// The bytes it was read from; shared by the copies the cache hands out.
+    text: Arc<Vec<u8>>,
     snapshots: BTreeMap<SnapshotId, Entry>,
     pub(crate) names: BTreeMap<String, SnapshotId>,
     /// Top-level fields this version does not know, kept on rewrite.
     extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One record: its JSON as read, and its parsed form once asked for.
+/// One record: where its JSON lies in the bytes read, and its parsed form once asked for.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// As read; `None` for a record this process made.
-    raw: Option<Box<RawValue>>,
-    /// Parsed on demand.
-    record: Option<Record>,
+    /// As read: its span of [`Index::text`]; `None` for a record this process made.
+    raw: Option<Range<usize>>,
+    /// Parsed on demand; boxed, so that the many entries never parsed stay small.
+    record: Option<Box<Record>>,
     /// Handed out mutably, so written from `record`, not `raw`.
     dirty: bool,
     /// The raw record's `pending`, read from it the first time it is asked for.
@@ -63,12 +66,13 @@ struct Entry {
 impl Entry {
     /// Whether the record is pending. One whose `pending` cannot be read counts as complete, so
     /// that it is resolved, fails to parse, and is reported rather than collected as garbage.
-    fn pending(&self) -> bool {
+    fn pending(&self, text: &[u8]) -> bool {
         match (&self.record, &self.raw) {
             (Some(record), _) => record.pending,
-            (None, Some(raw)) => *self
-                .peeked
-                .get_or_init(|| serde_json::from_str::<Peek>(raw.get()).is_ok_and(|p| p.pending)),
+            (None, Some(raw)) => *self.peeked.get_or_init(|| {
+                let raw = text.get(raw.clone()).unwrap_or_default();
+                serde_json::from_slice::<Peek>(raw).is_ok_and(|p| p.pending)
+            }),
             (None, None) => false,
         }
     }
@@ -85,7 +89,7 @@ impl Index {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Index::default()),
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        Index::parse(&bytes, path)
+        Index::parse_shared(Arc::new(bytes), path)
     }
 
     /// Parses index bytes read from `path`; blank is empty.
@@ -93,15 +97,28 @@ impl Index {
     /// # Errors
     /// [`Error::CorruptIndex`].
     pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Index> {
+        Index::parse_shared(Arc::new(bytes.to_vec()), path)
+    }
+
+    /// [`Index::parse`], keeping `bytes` for the records' spans.
+    fn parse_shared(bytes: Arc<Vec<u8>>, path: &Path) -> Result<Index> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Index::default());
         }
-        let mut index: Index =
-            serde_json::from_slice(bytes).map_err(|source| Error::CorruptIndex {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let fields = Fields {
+            base: bytes.as_ptr() as usize,
+            len: bytes.len(),
+        };
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let parsed = de
+            .deserialize_map(fields)
+            .and_then(|index| de.end().map(|()| index));
+        let mut index = parsed.map_err(|source| Error::CorruptIndex {
+            path: path.to_path_buf(),
+            source,
+        })?;
         index.path = path.to_path_buf();
+        index.text = bytes;
         Ok(index)
     }
 
@@ -111,13 +128,45 @@ impl Index {
     }
 
     /// The index as the file holds it.
+    ///
+    /// Written as `serde_json` writes compact JSON: `{"snapshots":{...},"names":{...}}` and any
+    /// fields this version does not know, each record as it was read unless it was changed.
     pub(crate) fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
-        let mut bytes = serde_json::to_vec(self).map_err(|source| Error::CorruptIndex {
+        let json = |source| Error::CorruptIndex {
             path: path.to_path_buf(),
             source,
-        })?;
-        bytes.push(b'\n');
-        Ok(bytes)
+        };
+        let mut out = Vec::with_capacity(self.text.len() + 4096);
+        out.extend_from_slice(br#"{"snapshots":{"#);
+        let mut first = true;
+        for (id, entry) in &self.snapshots {
+            let raw = entry.raw.clone().and_then(|span| self.text.get(span));
+            let written = match (raw, &entry.record) {
+                (Some(raw), _) if !entry.dirty => Written::Raw(raw),
+                (_, Some(record)) => Written::Record(record),
+                (Some(raw), None) => Written::Raw(raw),
+                (None, None) => continue,
+            };
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, id.as_str()).map_err(json)?;
+            out.push(b':');
+            match written {
+                Written::Raw(raw) => out.extend_from_slice(raw),
+                Written::Record(record) => serde_json::to_writer(&mut out, record).map_err(json)?,
+            }
+        }
+        out.extend_from_slice(br#"},"names":"#);
+        serde_json::to_writer(&mut out, &self.names).map_err(json)?;
+        for (key, value) in &self.extra {
+            out.push(b',');
+            serde_json::to_writer(&mut out, key).map_err(json)?;
+            out.push(b':');
+            serde_json::to_writer(&mut out, value).map_err(json)?;
+        }
+        out.extend_from_slice(b"}\n");
+        Ok(out)
     }
 
     /// Replaces the index file at `path` with `bytes`, atomically and durably.
@@ -134,20 +183,22 @@ impl Index {
     pub(crate) fn complete_id(&self, id: &str) -> Option<&SnapshotId> {
         self.snapshots
             .get_key_value(id)
-            .filter(|(_, e)| !e.pending())
+            .filter(|(_, e)| !e.pending(&self.text))
             .map(|(id, _)| id)
     }
 
     /// Whether the record under `id` is complete (not pending).
     pub(crate) fn is_complete(&self, id: &str) -> bool {
-        self.snapshots.get(id).is_some_and(|e| !e.pending())
+        self.snapshots
+            .get(id)
+            .is_some_and(|e| !e.pending(&self.text))
     }
 
     /// The IDs of complete records, in ID order.
     pub(crate) fn complete_ids(&self) -> impl Iterator<Item = &SnapshotId> {
         self.snapshots
             .iter()
-            .filter(|(_, e)| !e.pending())
+            .filter(|(_, e)| !e.pending(&self.text))
             .map(|(id, _)| id)
     }
 
@@ -158,7 +209,7 @@ impl Index {
     ) -> impl Iterator<Item = &'a SnapshotId> + 'a {
         self.snapshots
             .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-            .filter(|(_, e)| !e.pending())
+            .filter(|(_, e)| !e.pending(&self.text))
             .map(|(id, _)| id)
     }
 
@@ -166,7 +217,7 @@ impl Index {
     pub(crate) fn pending_ids(&self) -> impl Iterator<Item = &SnapshotId> {
         self.snapshots
             .iter()
-            .filter(|(_, e)| e.pending())
+            .filter(|(_, e)| e.pending(&self.text))
             .map(|(id, _)| id)
     }
 
@@ -196,13 +247,14 @@ impl Index {
         if entry.record.is_none()
             && let Some(raw) = &entry.raw
         {
-            let record = serde_json::from_str(raw.get()).map_err(|source| Error::CorruptIndex {
+            let raw = self.text.get(raw.clone()).unwrap_or_default();
+            let record = serde_json::from_slice(raw).map_err(|source| Error::CorruptIndex {
                 path: self.path.clone(),
                 source,
             })?;
-            entry.record = Some(record);
+            entry.record = Some(Box::new(record));
         }
-        Ok(entry.record.as_mut())
+        Ok(entry.record.as_deref_mut())
     }
 
     /// Every record, parsed, in ID order.
@@ -217,7 +269,7 @@ impl Index {
         Ok(self
             .snapshots
             .iter()
-            .filter_map(|(id, e)| Some((id, e.record.as_ref()?)))
+            .filter_map(|(id, e)| Some((id, e.record.as_deref()?)))
             .collect())
     }
 
@@ -233,8 +285,8 @@ impl Index {
         Ok(self
             .snapshots
             .iter()
-            .filter(|(_, e)| !e.pending())
-            .filter_map(|(id, e)| Some((id, e.record.as_ref()?)))
+            .filter(|(_, e)| !e.pending(&self.text))
+            .filter_map(|(id, e)| Some((id, e.record.as_deref()?)))
             .collect())
     }
 
@@ -255,7 +307,7 @@ impl Index {
         }
         let entry = Entry {
             raw: None,
-            record: Some(record),
+            record: Some(Box::new(record)),
             dirty: true,
             peeked: OnceCell::new(),
         };
@@ -278,7 +330,7 @@ impl Index {
 /// and parses it once. Equal bytes parse to an equal index, so a hit is never stale, whoever
 /// wrote the file. Nothing is copied to fill it: a one-shot `list` pays for no cache.
 #[derive(Debug, Default)]
-pub(crate) struct IndexCache(Mutex<Option<(Vec<u8>, Index)>>);
+pub(crate) struct IndexCache(Mutex<Option<(Arc<Vec<u8>>, Index)>>);
 
 impl IndexCache {
     /// The index at `path`, which the caller has locked; a copy of the cached one when the file
@@ -312,32 +364,33 @@ impl IndexCache {
     pub(crate) fn save(&self, path: &Path, index: Index) -> Result<()> {
         let bytes = index.to_bytes(path)?;
         Index::write(path, &bytes)?;
-        self.keep(bytes, index);
+        self.keep(Arc::new(bytes), index);
         Ok(())
     }
 
     /// The file's bytes and its index, taken out of the cache on a hit (true) or parsed.
-    fn read(&self, path: &Path) -> Result<(Vec<u8>, Index, bool)> {
+    fn read(&self, path: &Path) -> Result<(Arc<Vec<u8>>, Index, bool)> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        let cached = self.slot().take().filter(|(seen, _)| *seen == bytes);
+        let cached = self.slot().take().filter(|(seen, _)| **seen == bytes);
         Ok(match cached {
-            Some((_, index)) => (bytes, index, true),
+            Some((seen, index)) => (seen, index, true),
             None => {
-                let index = Index::parse(&bytes, path)?;
+                let bytes = Arc::new(bytes);
+                let index = Index::parse_shared(Arc::clone(&bytes), path)?;
                 (bytes, index, false)
             }
         })
     }
 
-    fn keep(&self, bytes: Vec<u8>, index: Index) {
+    fn keep(&self, bytes: Arc<Vec<u8>>, index: Index) {
         *self.slot() = Some((bytes, index));
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(Vec<u8>, Index)>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Vec<u8>>, Index)>> {
         // A panic while holding it leaves at worst a stale entry, which the byte check refuses.
         self.0
             .lock()
@@ -352,79 +405,106 @@ struct Peek {
     pending: bool,
 }
 
-impl<'de> Deserialize<'de> for Index {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = Index;
+/// How a record is written back.
+enum Written<'a> {
+    /// Its bytes as read.
+    Raw(&'a [u8]),
+    /// Serialized from its fields.
+    Record(&'a Record),
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a snapshot index object")
-            }
+/// Reads the top level of an index from a slice at `base` of `len` bytes: each record is kept
+/// as its span of that slice.
+struct Fields {
+    base: usize,
+    len: usize,
+}
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Index, A::Error> {
-                let mut index = Index::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "snapshots" => {
-                            // Go writes a nil map as `null`, and a nil record pointer too.
-                            let raw: Option<BTreeMap<SnapshotId, Option<Box<RawValue>>>> =
-                                map.next_value()?;
-                            index.snapshots.clear();
-                            for (id, raw) in raw.unwrap_or_default() {
-                                let Some(raw) = raw.filter(|r| r.get() != "null") else {
-                                    continue;
-                                };
-                                let entry = Entry {
-                                    raw: Some(raw),
-                                    record: None,
-                                    dirty: false,
-                                    peeked: OnceCell::new(),
-                                };
-                                index.snapshots.insert(id, entry);
-                            }
-                        }
-                        "names" => {
-                            let names: Option<BTreeMap<String, SnapshotId>> = map.next_value()?;
-                            index.names = names.unwrap_or_default();
-                        }
-                        _ => {
-                            let value: serde_json::Value = map.next_value()?;
-                            index.extra.insert(key, value);
-                        }
-                    }
+impl<'de> Visitor<'de> for Fields {
+    type Value = Index;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a snapshot index object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Index, A::Error> {
+        let mut index = Index::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "snapshots" => {
+                    index.snapshots.clear();
+                    map.next_value_seed(Records {
+                        fields: &self,
+                        into: &mut index.snapshots,
+                    })?;
                 }
-                Ok(index)
+                "names" => {
+                    let names: Option<BTreeMap<String, SnapshotId>> = map.next_value()?;
+                    index.names = names.unwrap_or_default();
+                }
+                _ => {
+                    let value: serde_json::Value = map.next_value()?;
+                    index.extra.insert(key, value);
+                }
             }
         }
-        d.deserialize_map(Fields)
+        Ok(index)
     }
 }
 
-impl Serialize for Index {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Records<'a>(&'a BTreeMap<SnapshotId, Entry>);
-        impl Serialize for Records<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (id, entry) in self.0 {
-                    match (&entry.raw, &entry.record) {
-                        (Some(raw), _) if !entry.dirty => map.serialize_entry(id, raw)?,
-                        (_, Some(record)) => map.serialize_entry(id, record)?,
-                        (Some(raw), None) => map.serialize_entry(id, raw)?,
-                        (None, None) => {}
-                    }
-                }
-                map.end()
+/// The `snapshots` map, read into `into`: Go writes a nil map as `null`, and a nil record too.
+struct Records<'a> {
+    fields: &'a Fields,
+    into: &'a mut BTreeMap<SnapshotId, Entry>,
+}
+
+impl<'de> DeserializeSeed<'de> for Records<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Records<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map of snapshot records")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some((id, raw)) = map.next_entry::<SnapshotId, Option<&'de RawValue>>()? {
+            let Some(raw) = raw.filter(|r| r.get() != "null") else {
+                continue;
+            };
+            // Always inside the slice being read; checked all the same.
+            let at = (raw.get().as_ptr() as usize).wrapping_sub(self.fields.base);
+            let span = at..at.saturating_add(raw.get().len());
+            if span.end > self.fields.len {
+                return Err(serde::de::Error::custom("a record outside the index read"));
             }
+            let entry = Entry {
+                raw: Some(span),
+                record: None,
+                dirty: false,
+                peeked: OnceCell::new(),
+            };
+            self.into.insert(id, entry);
         }
-        let mut map = s.serialize_map(Some(2 + self.extra.len()))?;
-        map.serialize_entry("snapshots", &Records(&self.snapshots))?;
-        map.serialize_entry("names", &self.names)?;
-        for (key, value) in &self.extra {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@
 //! the table broken, and the caller reads the whole index instead. A table that is missing,
 //! stale, racy or corrupt is rebuilt from the index, never trusted.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
@@ -181,11 +181,16 @@ fn seal(out: &mut Vec<u8>, start: usize, key: &[u8]) {
     out.extend_from_slice(&0u32.to_le_bytes());
 }
 
+/// CRC-32 (IEEE), from a table built at compile time: a lookup checks a few short slots, and
+/// a SIMD implementation would first ask the CPU what it has, which costs more in a VM (each
+/// CPUID traps to the hypervisor) than the slots themselves.
+const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
 fn crc(fields: &[u8], key: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(fields);
-    hasher.update(key);
-    hasher.finalize()
+    let mut digest = CRC32.digest();
+    digest.update(fields);
+    digest.update(key);
+    digest.finalize()
 }
 
 /// Whether a sealed header or slot (its fields, its CRC, a zero word) with `key` is whole.
@@ -302,6 +307,9 @@ pub(crate) struct Lookup {
     index: File,
     /// Set when a slot read was not what was written: no answer of this table counts.
     broken: Cell<bool>,
+    /// The last ID slot a search found, and its key: reading the record a ref resolved to
+    /// does not search again.
+    found: RefCell<Option<(Vec<u8>, IdSlot)>>,
 }
 
 impl Lookup {
@@ -330,6 +338,7 @@ impl Lookup {
             header,
             index,
             broken: Cell::new(false),
+            found: RefCell::new(None),
         })
     }
 
@@ -413,12 +422,23 @@ impl Lookup {
 
     /// The slot of the record whose ID is exactly `id`.
     fn find_id(&self, id: &str) -> Option<IdSlot> {
+        if let Some((key, slot)) = &*self.found.borrow()
+            && key == id.as_bytes()
+        {
+            return Some(*slot);
+        }
         let i = self.lower_bound(id.as_bytes())?;
         if i >= self.header.n_ids {
             return None;
         }
         let (slot, key) = self.id_slot(i)?;
-        (key == id.as_bytes()).then_some(slot)
+        (key == id.as_bytes()).then(|| self.remember(slot, key.clone()))
+    }
+
+    /// Notes `slot` as the last one found; returns it.
+    fn remember(&self, slot: IdSlot, key: Vec<u8>) -> IdSlot {
+        *self.found.borrow_mut() = Some((key, slot));
+        slot
     }
 
     /// The ID slot `name` points at, and that slot's key.
@@ -430,7 +450,11 @@ impl Lookup {
             match key.as_slice().cmp(name.as_bytes()) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return self.id_slot(target),
+                std::cmp::Ordering::Equal => {
+                    let (slot, key) = self.id_slot(target)?;
+                    self.remember(slot, key.clone());
+                    return Some((slot, key));
+                }
             }
         }
         None
@@ -490,8 +514,9 @@ impl Refs for Lookup {
                 break;
             }
             if !slot.pending
-                && let Some(id) = self.id_of(key)
+                && let Some(id) = self.id_of(key.clone())
             {
+                self.remember(slot, key);
                 ids.push(id);
             }
             i += 1;

@@ -15,8 +15,8 @@ pub(crate) mod sparse;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
@@ -34,10 +34,13 @@ pub const DEFAULT_IMMUTABLE_PATTERNS: &[&str] = &["memory-range*", "mem", "*.mem
 
 /// Which files of a snapshot are immutable: written once, then only read (guest memory).
 ///
-/// Only immutable files may be hardlinked; every other file may be written by the VM.
+/// Only immutable files may be hardlinked; every other file may be written by the VM. The
+/// matcher is compiled the first time a name is asked about: most operations never link, and
+/// compiling costs more than the whole of a small clone.
 #[derive(Debug, Clone)]
 pub struct FileClasses {
-    immutable: GlobSet,
+    globs: Vec<Glob>,
+    immutable: OnceLock<GlobSet>,
     patterns: Vec<String>,
 }
 
@@ -48,29 +51,36 @@ impl FileClasses {
     /// # Errors
     /// [`Error::InvalidPattern`] naming a pattern that is not a valid glob.
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<FileClasses> {
-        let invalid = |pattern: String| move |source| Error::InvalidPattern { pattern, source };
-        let mut builder = GlobSetBuilder::new();
-        for pattern in patterns {
-            let pattern = pattern.as_ref();
-            builder.add(Glob::new(pattern).map_err(invalid(pattern.to_string()))?);
-        }
-        let all = || {
-            patterns
-                .iter()
-                .map(AsRef::as_ref)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let immutable = builder.build().map_err(invalid(all()))?;
+        let globs = patterns
+            .iter()
+            .map(|pattern| {
+                let pattern = pattern.as_ref();
+                Glob::new(pattern).map_err(|source| Error::InvalidPattern {
+                    pattern: pattern.to_string(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(FileClasses {
-            immutable,
+            globs,
+            immutable: OnceLock::new(),
             patterns: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
         })
     }
 
     /// Whether the file named `name` is never written after the snapshot is taken.
+    ///
+    /// Valid globs that together are too large to compile match nothing: a file no pattern
+    /// is known to match is never linked, only cloned or copied.
     pub fn is_immutable(&self, name: &str) -> bool {
-        self.immutable.is_match(name)
+        let set = self.immutable.get_or_init(|| {
+            let mut builder = GlobSetBuilder::new();
+            for glob in &self.globs {
+                builder.add(glob.clone());
+            }
+            builder.build().unwrap_or_else(|_| GlobSet::empty())
+        });
+        set.is_match(name)
     }
 
     /// The patterns these classes were built from.
@@ -90,14 +100,16 @@ impl Default for FileClasses {
 pub(crate) struct Job {
     pub(crate) name: String,
     pub(crate) src: PathBuf,
-    pub(crate) immutable: bool,
+    /// Someone else's file (a symlink's target): it may be written again, so it is never
+    /// linked, whatever its name.
+    pub(crate) foreign: bool,
 }
 
 /// What the caller allows, and where copies report their progress.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Options {
-    /// Immutable files may be hardlinked.
-    pub(crate) allow_hardlink: bool,
+    /// Files these classes call immutable may be hardlinked; with `None`, no file is.
+    pub(crate) hardlink: Option<FileClasses>,
     /// Fail rather than copy any file.
     pub(crate) require_cow: bool,
     /// Fsync every file created, and `dst_dir`, before returning: on for the store's own
@@ -202,12 +214,19 @@ fn cheap_clone(
     rungs: &Rungs,
     record: &(dyn Fn(&Path) + Sync),
 ) -> Result<Option<FileReport>> {
-    for rung in ladder(job.immutable, opts.allow_hardlink) {
+    // The ladder of an immutable file; a file that turns out not to be one skips the link,
+    // which leaves the ladder of every other file. Its class is asked only there: most files
+    // end on the first rung, and compiling the patterns would cost more than the clone.
+    let immutable = || {
+        let classes = opts.hardlink.as_ref();
+        !job.foreign && classes.is_some_and(|c| c.is_immutable(&job.name))
+    };
+    for rung in ladder(true, opts.hardlink.is_some()) {
         let done = match rung {
             CloneMethod::Reflink if rungs.reflink.load(Ordering::Relaxed) => {
                 reflink(job, dst, opts, rungs, record)?
             }
-            CloneMethod::Hardlink if rungs.hardlink.load(Ordering::Relaxed) => {
+            CloneMethod::Hardlink if rungs.hardlink.load(Ordering::Relaxed) && immutable() => {
                 hardlink(job, dst, rungs, record)?
             }
             CloneMethod::Copy => return Ok(None),
@@ -351,7 +370,9 @@ pub(crate) fn parallel<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    parallel_on(cores(), items, f)
+    // One item or none needs no second thread, nor the cgroup reads that count the cores.
+    let workers = if items.len() > 1 { cores() } else { 1 };
+    parallel_on(workers, items, f)
 }
 
 /// [`parallel`] on up to `workers` threads: for work that waits on a network rather than on a
@@ -408,13 +429,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn job(dir: &Path, name: &str, bytes: &[u8], immutable: bool) -> Job {
+    fn job(dir: &Path, name: &str, bytes: &[u8]) -> Job {
         let src = dir.join(name);
         std::fs::write(&src, bytes).unwrap();
         Job {
             name: name.to_string(),
             src,
-            immutable,
+            foreign: false,
         }
     }
 
@@ -463,11 +484,11 @@ mod tests {
             return;
         }
         let jobs = [
-            job(src.path(), "memory-range-0", &[7; 10000], true),
-            job(src.path(), "disk.raw", &[9; 5000], false),
+            job(src.path(), "memory-range-0", &[7; 10000]),
+            job(src.path(), "disk.raw", &[9; 5000]),
         ];
         let opts = Options {
-            allow_hardlink: true,
+            hardlink: Some(FileClasses::default()),
             require_cow: false,
             durable: true,
             progress: Progress::new(),
@@ -499,11 +520,11 @@ mod tests {
             return;
         }
         let jobs = [
-            job(src.path(), "mem", &[1; 100], true),
-            job(src.path(), "disk.raw", &[2; 100], false),
+            job(src.path(), "mem", &[1; 100]),
+            job(src.path(), "disk.raw", &[2; 100]),
         ];
         let opts = Options {
-            allow_hardlink: true,
+            hardlink: Some(FileClasses::default()),
             require_cow: true,
             ..Options::default()
         };
@@ -523,14 +544,11 @@ mod tests {
     fn a_missing_source_fails_naming_it_and_removes_the_rest() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
-        let mut jobs = vec![
-            job(src.path(), "a", b"a", false),
-            job(src.path(), "b", b"b", false),
-        ];
+        let mut jobs = vec![job(src.path(), "a", b"a"), job(src.path(), "b", b"b")];
         jobs.push(Job {
             name: "gone".into(),
             src: src.path().join("gone"),
-            immutable: false,
+            foreign: false,
         });
         let err = run(&jobs, dst.path(), &Options::default()).unwrap_err();
         assert!(err.to_string().contains("gone"), "{err}");

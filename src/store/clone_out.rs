@@ -52,7 +52,7 @@ impl LocalFile {
         opts: CloneOptions,
     ) -> Result<CloneReport> {
         let ladder = clone::Options {
-            allow_hardlink: opts.hardlink,
+            hardlink: opts.hardlink.then(|| self.classes().clone()),
             require_cow: opts.require_cow,
             durable: opts.sync,
             progress: self.progress.clone(),

@@ -85,8 +85,7 @@ impl LocalFile {
                 Ok(Job {
                     name: name.clone(),
                     src: path,
-                    // Someone else's file: it may be written again, so it is never linked.
-                    immutable: !linked && self.classes().is_immutable(name),
+                    foreign: linked,
                 })
             })
             .collect()

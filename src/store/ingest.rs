@@ -129,7 +129,7 @@ impl Source for DirSource {
             fsutil::fsync_dir(&self.src)?;
         }
         let ladder = clone::Options {
-            allow_hardlink: self.opts.mode == SaveMode::Link,
+            hardlink: (self.opts.mode == SaveMode::Link).then(|| store.classes().clone()),
             require_cow: self.opts.require_cow,
             durable: true,
             progress: store.progress.clone(),
