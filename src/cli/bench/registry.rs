@@ -312,9 +312,12 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
         )?;
         empty();
         let peak = peak_rss(self.snap(&other, &["pull", &target]))?;
+        let written = allocated(&other)?;
         empty();
         let note = format!(
-            "into an empty store, fsynced; peak RSS {}",
+            "into an empty store, fsynced; {} allocated, as the source (zero pages of memory \
+             written, not holes); peak RSS {}",
+            human_bytes(written),
             human_bytes(peak)
         );
         let base = format!("curl GET of {} && sync", human_bytes(data_bytes));
@@ -542,6 +545,20 @@ fn peak_rss(mut command: Command) -> Result<u64> {
 }
 
 /// `sha256:<hex>` of a file's bytes.
+/// The bytes the data files of the snapshots in the store at `root` have allocated.
+fn allocated(root: &Path) -> Result<u64> {
+    let mut total = 0;
+    for dir in std::fs::read_dir(snapstore::Layout::new(root).data_root())? {
+        let dir = dir?;
+        if dir.file_type()?.is_dir() {
+            for file in std::fs::read_dir(dir.path())? {
+                total += std::os::unix::fs::MetadataExt::blocks(&file?.metadata()?) * 512;
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn file_digest(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path)?;
     let hex: String = Sha256::digest(&bytes)
