@@ -120,6 +120,7 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
     }
     let mut rows = Vec::new();
     for target in targets {
+        let done = rows.len();
         let target = match target {
             Target::Dir(dir) => dir,
             Target::Scratch(fs) => {
@@ -150,6 +151,7 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
         if args.registry_only {
             drop(dir);
             lock(mounts).clear();
+            out.note(format_args!("{fs} rows:\n{}", render(&rows[done..])));
             continue;
         }
         rows.extend(run.all()?);
@@ -188,6 +190,8 @@ fn bench(args: &Args, mounts: &Mounts, out: Output) -> Result<Vec<Row>> {
         // A scratch filesystem goes before the next is made: the background work of deleting
         // what its run made (btrfs's cleaner, XFS's inode GC) would fall on the next one's timings.
         lock(mounts).clear();
+        // Shown as each filesystem is done, so that a later one's failure loses none of them.
+        out.note(format_args!("{fs} rows:\n{}", render(&rows[done..])));
     }
     Ok(rows)
 }

@@ -96,24 +96,30 @@ pub(super) fn bench_registry(
     if !super::timing::installed(SERVER) || !super::timing::installed("curl") {
         bail!("the registry rows need {SERVER} and curl (apt-get install docker-registry curl)");
     }
-    let storage = dir.join("registry");
-    let mut bench = Bench {
-        me: std::env::current_exe().context("cannot find the snapstore binary")?,
-        root,
-        dir,
-        runs,
-        fs,
-        server: Server::start(&storage)?,
-        fresh: Cell::new(0),
-        rows: Vec::new(),
-    };
-    let record = bench.record_file("bench")?;
-    let data_bytes = bench.fresh_push_raw(&record)?;
-    bench.repush()?;
-    bench.fresh_pull_raw(data_bytes)?;
-    bench.zstd(data, &record)?;
-    bench.child(data)?;
-    Ok(bench.rows)
+    // All the rows make goes in one dir, removed after them: the rows that follow need room.
+    let work = dir.join("registry-rows");
+    std::fs::create_dir(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let rows = (|| {
+        let mut bench = Bench {
+            me: std::env::current_exe().context("cannot find the snapstore binary")?,
+            root,
+            dir: &work,
+            runs,
+            fs,
+            server: Server::start(&work.join("registry"))?,
+            fresh: Cell::new(0),
+            rows: Vec::new(),
+        };
+        let record = bench.record_file("bench")?;
+        let data_bytes = bench.fresh_push_raw(&record)?;
+        bench.repush()?;
+        bench.fresh_pull_raw(data_bytes)?;
+        bench.zstd(data, &record)?;
+        bench.child(data)?;
+        Ok(bench.rows)
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    rows
 }
 
 impl Bench<'_> {
@@ -550,10 +556,8 @@ fn allocated(root: &Path) -> Result<u64> {
     let mut total = 0;
     for dir in std::fs::read_dir(snapstore::Layout::new(root).data_root())? {
         let dir = dir?;
-        if dir.file_type()?.is_dir() {
-            for file in std::fs::read_dir(dir.path())? {
-                total += std::os::unix::fs::MetadataExt::blocks(&file?.metadata()?) * 512;
-            }
+        for file in std::fs::read_dir(dir.path()).into_iter().flatten() {
+            total += std::os::unix::fs::MetadataExt::blocks(&file?.metadata()?) * 512;
         }
     }
     Ok(total)
