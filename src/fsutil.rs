@@ -123,43 +123,32 @@ pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
 
 /// The names in a directory, sorted, with their metadata (not following symlinks).
 pub(crate) fn list_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, fs::Metadata)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io("stat", &entry.path(), e))?;
-        out.push((entry.file_name(), meta));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    list_entries(dir, |entry| entry.metadata().map(Some))
 }
 
 /// The names in a directory, sorted, with their types: what the directory itself records, so a
 /// directory of hundreds of thousands of entries is listed without a `stat` of each (one is
 /// made only where the filesystem does not record types).
 pub(crate) fn list_dir_types(dir: &Path) -> Result<Vec<(std::ffi::OsString, fs::FileType)>> {
-    list_dir_where(dir, |_| true)
+    list_entries(dir, |entry| entry.file_type().map(Some))
 }
 
 /// The names of the directories in a directory, sorted, found as [`list_dir_types`] finds them.
 pub(crate) fn list_subdirs(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
-    let dirs = list_dir_where(dir, fs::FileType::is_dir)?;
-    Ok(dirs.into_iter().map(|(name, _)| name).collect())
+    let dirs = list_entries(dir, |entry| Ok(entry.file_type()?.is_dir().then_some(())))?;
+    Ok(dirs.into_iter().map(|(name, ())| name).collect())
 }
 
-fn list_dir_where(
+/// The entries of `dir` that `info` keeps, with what it says of each, sorted by name.
+fn list_entries<T>(
     dir: &Path,
-    keep: impl Fn(&fs::FileType) -> bool,
-) -> Result<Vec<(std::ffi::OsString, fs::FileType)>> {
+    info: impl Fn(&fs::DirEntry) -> std::io::Result<Option<T>>,
+) -> Result<Vec<(std::ffi::OsString, T)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-        let kind = entry
-            .file_type()
-            .map_err(|e| Error::io("stat", &entry.path(), e))?;
-        if keep(&kind) {
-            out.push((entry.file_name(), kind));
+        if let Some(kept) = info(&entry).map_err(|e| Error::io("stat", &entry.path(), e))? {
+            out.push((entry.file_name(), kept));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
