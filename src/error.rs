@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::types::SnapshotId;
+use crate::units::shown;
 
 /// What went wrong, with the path or ref it went wrong on.
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +46,14 @@ pub enum Error {
     },
 
     /// A directory was expected to carry `snapshot.json` and does not.
-    #[error("snapshot.json missing in {}", .dir.display())]
+    #[error("snapshot.json missing in {}", shown(.dir))]
     EnvelopeMissing {
         /// The directory without an envelope.
         dir: PathBuf,
     },
 
     /// `snapshot.json` is not valid JSON of the envelope's shape.
-    #[error("malformed snapshot envelope {}", .path.display())]
+    #[error("malformed snapshot envelope {}", shown(.path))]
     EnvelopeInvalid {
         /// The envelope file.
         path: PathBuf,
@@ -62,7 +63,7 @@ pub enum Error {
     },
 
     /// `snapshot.json` carries a version other than 1.
-    #[error("unsupported snapshot envelope version {version} in {} (want 1)", .path.display())]
+    #[error("unsupported snapshot envelope version {version} in {} (want 1)", shown(.path))]
     EnvelopeVersion {
         /// The envelope file.
         path: PathBuf,
@@ -71,7 +72,7 @@ pub enum Error {
     },
 
     /// A file the envelope lists is not in the directory.
-    #[error("{name} listed by the envelope is missing from {}", .dir.display())]
+    #[error("{name:?} listed by the envelope is missing from {}", shown(.dir))]
     ListedFileMissing {
         /// The directory that should hold it.
         dir: PathBuf,
@@ -80,7 +81,7 @@ pub enum Error {
     },
 
     /// A data file name is not one plain path component (it has a `/`, is `..`, is empty, ...).
-    #[error("invalid data file name {name:?} in {}", .dir.display())]
+    #[error("invalid data file name {name:?} in {}", shown(.dir))]
     InvalidFileName {
         /// Where the name came from (a directory or an envelope).
         dir: PathBuf,
@@ -99,7 +100,7 @@ pub enum Error {
     },
 
     /// A sidecar (`R/snapshot/localfile/ID.json`) is not valid sidecar JSON.
-    #[error("malformed sidecar {}", .path.display())]
+    #[error("malformed sidecar {}", shown(.path))]
     SidecarInvalid {
         /// The sidecar file.
         path: PathBuf,
@@ -109,7 +110,7 @@ pub enum Error {
     },
 
     /// A sidecar carries a version this snapstore does not know.
-    #[error("unsupported sidecar version {version} in {} (want 1)", .path.display())]
+    #[error("unsupported sidecar version {version} in {} (want 1)", shown(.path))]
     SidecarVersion {
         /// The sidecar file.
         path: PathBuf,
@@ -123,7 +124,7 @@ pub enum Error {
     #[error(
         "{} holds what a snapshot cannot carry: {}; nothing was saved \
          (--dereference stores a symlink's target, --skip-unsupported leaves such entries out)",
-        .dir.display(),
+        shown(.dir),
         list_entries(.entries)
     )]
     UnsupportedEntries {
@@ -134,7 +135,7 @@ pub enum Error {
     },
 
     /// A data file to clone or save is not a regular file (a symlink, a directory, a device).
-    #[error("{} is not a regular file", .path.display())]
+    #[error("{} is not a regular file", shown(.path))]
     NotARegularFile {
         /// The path.
         path: PathBuf,
@@ -149,7 +150,7 @@ pub enum Error {
     },
 
     /// A config file is not valid config JSON (nor an envelope).
-    #[error("malformed snapshot config {}", .path.display())]
+    #[error("malformed snapshot config {}", shown(.path))]
     ConfigInvalid {
         /// The config file.
         path: PathBuf,
@@ -159,14 +160,14 @@ pub enum Error {
     },
 
     /// A file could only be copied, and the caller forbade copying.
-    #[error("cannot clone {} without copying its data (copy forbidden by --require-cow)", .path.display())]
+    #[error("cannot clone {} without copying its data (copy forbidden by --require-cow)", shown(.path))]
     CowRequired {
         /// The source file that would have needed a copy.
         path: PathBuf,
     },
 
     /// The target filesystem has less free space than the bytes to copy.
-    #[error("not enough space in {}: {needed} bytes to copy, {available} available", .path.display())]
+    #[error("not enough space in {}: {needed} bytes to copy, {available} available", shown(.path))]
     NoSpace {
         /// The target directory.
         path: PathBuf,
@@ -177,7 +178,7 @@ pub enum Error {
     },
 
     /// The index file exists but cannot be read as an index; it is never replaced.
-    #[error("corrupt snapshot index {}: refusing to touch it", .path.display())]
+    #[error("corrupt snapshot index {}: refusing to touch it", shown(.path))]
     CorruptIndex {
         /// The index file.
         path: PathBuf,
@@ -187,21 +188,21 @@ pub enum Error {
     },
 
     /// A target directory must be new or empty and is not.
-    #[error("target directory {} is not empty", .path.display())]
+    #[error("target directory {} is not empty", shown(.path))]
     TargetNotEmpty {
         /// The target directory.
         path: PathBuf,
     },
 
     /// A path that must be a directory is something else.
-    #[error("{} is not a directory", .path.display())]
+    #[error("{} is not a directory", shown(.path))]
     NotADirectory {
         /// The path.
         path: PathBuf,
     },
 
     /// An archive entry that could write outside the snapshot, or is not what a snapshot holds.
-    #[error("refusing entry {entry:?} of {}: {reason}", .archive.display())]
+    #[error("refusing entry {entry:?} of {}: {reason}", shown(.archive))]
     HostileEntry {
         /// The archive (its path, or `<stdin>`).
         archive: PathBuf,
@@ -212,7 +213,7 @@ pub enum Error {
     },
 
     /// A rung of the clone ladder failed for a reason other than "not possible here".
-    #[error("cannot {method} {} to {}", .src.display(), .dst.display())]
+    #[error("cannot {method} {} to {}", shown(.src), shown(.dst))]
     Clone {
         /// The rung that failed.
         method: crate::types::CloneMethod,
@@ -226,7 +227,7 @@ pub enum Error {
     },
 
     /// A system call on a path failed.
-    #[error("cannot {op} {}", .path.display())]
+    #[error("cannot {op} {}", shown(.path))]
     Io {
         /// What was being done: `open`, `clone`, `rename`, ...
         op: &'static str,
@@ -332,7 +333,7 @@ pub enum Error {
     },
 
     /// Credentials could not be read.
-    #[error("cannot read registry credentials from {}: {reason}", .path.display())]
+    #[error("cannot read registry credentials from {}: {reason}", shown(.path))]
     Credentials {
         /// The file, or `<stdin>`.
         path: PathBuf,

@@ -20,6 +20,7 @@ use crate::index::{Index, IndexLock};
 use crate::layout::Layout;
 use crate::layout::sidecar::Sidecar;
 use crate::types::{SnapshotId, gotime};
+use crate::units::shown;
 
 /// What fsck found, and what it repaired.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -116,7 +117,7 @@ pub(crate) fn check(layout: &Layout, repair: bool) -> Result<FsckReport> {
                 fsutil::rename(&index_path, &kept)?;
                 fsutil::fsync_dir(&layout.db_dir())?;
                 problem.repaired = true;
-                problem.detail = format!("{}; kept as {}", problem.detail, kept.display());
+                problem.detail = format!("{}; kept as {}", problem.detail, shown(&kept));
                 report.kept_corrupt_index = Some(kept);
                 changed = true;
             }

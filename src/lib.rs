@@ -80,7 +80,7 @@ pub use crate::store::{
 };
 pub use crate::sys::tune_malloc_for_one_shot;
 pub use crate::types::{BlobMark, CloneMethod, Config, FileReport, Record, Skipped, SnapshotId};
-pub use crate::units::{parse_duration, parse_size};
+pub use crate::units::{Shown, parse_duration, parse_size, shown};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

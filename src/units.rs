@@ -1,11 +1,44 @@
-//! Sizes and durations as the command line writes them, the same everywhere (`bench`, import
-//! limits, gc).
+//! Values as people read and write them, the same everywhere: sizes and durations as the
+//! command line writes them (`bench`, import limits, gc), and paths as messages show them.
 //!
 //! Sizes are plain bytes or a number with `K`, `M`, `G`, `T` (also `KiB`, `MiB`, `GiB`, `TiB`),
 //! powers of 1024 as `truncate` and `dd` read them. Durations are a number with `s`, `m`, `h`
 //! or `d`.
 
+use std::fmt::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
+
+/// A path as a message shows it: see [`shown`].
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a>(&'a Path);
+
+/// `path` as a message shows it: control characters and backslashes escaped (`\n`, `\u{1b}`,
+/// `\\`) and bytes that are not UTF-8 as `\xNN`, so that a name from an archive, a registry or
+/// someone's directory can neither rewrite the terminal nor forge a line of output; everything
+/// else, other scripts included, as it is.
+pub fn shown(path: &Path) -> Shown<'_> {
+    Shown(path)
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.as_os_str().as_bytes().utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() || c == '\\' {
+                    write!(f, "{}", c.escape_debug())?;
+                } else {
+                    f.write_char(c)?;
+                }
+            }
+            for byte in chunk.invalid() {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Parses a size: `4096`, `64K`, `512MiB`, `8G`, `1T`.
 ///
@@ -86,5 +119,18 @@ mod tests {
         for bad in ["", "30", "h", "1.5h", "3w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn paths_are_shown_with_what_could_forge_a_line_escaped() {
+        use std::ffi::OsStr;
+        let show = |bytes: &[u8]| shown(Path::new(OsStr::from_bytes(bytes))).to_string();
+        assert_eq!(
+            show(b"/var/lib/caf\xc3\xa9/disk.raw"),
+            "/var/lib/caf\u{e9}/disk.raw"
+        );
+        assert_eq!(show(b"a\nb\x1b[2Jc"), "a\\nb\\u{1b}[2Jc");
+        assert_eq!(show(b"bad\xffname"), "bad\\xffname");
+        assert_eq!(show(b"back\\slash"), "back\\\\slash");
     }
 }

@@ -150,6 +150,13 @@ fn errors_exit_1_and_name_the_ref_or_path() {
     assert!(err.contains("not empty") && err.contains("busy"), "{err}");
     let err = fails(&root, &["export", "base", "--to-dir", s(&busy)]);
     assert!(err.contains("not empty"), "{err}");
+
+    // A name that would rewrite the terminal, or forge a line, is shown escaped.
+    let hostile = tmp.path().join("busy\n\u{1b}[2Jforged");
+    std::fs::rename(&busy, &hostile).unwrap();
+    let err = fails(&root, &["clone", "base", "--to-dir", s(&hostile)]);
+    assert!(err.contains("busy\\n\\u{1b}[2Jforged"), "{err}");
+    assert!(!err.contains('\u{1b}') && err.trim_end().lines().count() == 1, "{err}");
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::path::Path;
 const LAYERS: &[&str] = &[
     "sys",
     "types",
-    "error",
     "units",
+    "error",
     "progress",
     "fsutil",
     "index",

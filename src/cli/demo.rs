@@ -46,7 +46,7 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
         .with_context(|| {
             format!(
                 "cannot create a temporary directory in {}",
-                parent.display()
+                snapstore::shown(&parent)
             )
         })?;
     let src = work.path().join("vm-snapshot");
@@ -58,7 +58,7 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
     let disk_extents = workload.write(&src)?;
     out.note(format_args!(
         "demo in {}: memory-range-0 {}, cow.raw {} apparent with {} of data, config.json, state.json",
-        work.path().display(),
+        snapstore::shown(work.path()),
         human_bytes(MEMORY_LEN),
         human_bytes(DISK_LEN),
         human_bytes(DISK_DATA),
@@ -103,8 +103,9 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
         );
     }
     for name in FILES.iter().filter(|n| n.ends_with(".json")) {
-        let read =
-            |p: PathBuf| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()));
+        let read = |p: PathBuf| {
+            std::fs::read(&p).with_context(|| format!("cannot read {}", snapstore::shown(&p)))
+        };
         ensure!(
             read(src.join(name))? == read(run_dir.join(name))?,
             "the clone's {name} differs"
@@ -161,7 +162,7 @@ pub(crate) async fn run(args: Args, out: Output) -> Result<()> {
     out.line(table(&["STEP", "TIME", "FILE", "METHOD", "SIZE"], &rows))?;
     out.line(format_args!(
         "clone verified against the source; 2 snapshots in the demo store; removing {}",
-        work.path().display()
+        snapstore::shown(work.path())
     ))
 }
 
@@ -173,7 +174,8 @@ async fn timed<T>(f: impl Future<Output = snapstore::Result<T>>) -> Result<(T, D
 
 /// Whether `a` and `b` have the same size and the same bytes in `ranges`.
 fn same_ranges(a: &Path, b: &Path, ranges: &[(u64, u64)]) -> Result<bool> {
-    let open = |p: &Path| File::open(p).with_context(|| format!("cannot open {}", p.display()));
+    let open =
+        |p: &Path| File::open(p).with_context(|| format!("cannot open {}", snapstore::shown(p)));
     let (fa, fb) = (open(a)?, open(b)?);
     if fa.metadata()?.len() != fb.metadata()?.len() {
         return Ok(false);

@@ -27,7 +27,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
         .iter()
         .map(|c| {
             vec![
-                c.path.display().to_string(),
+                snapstore::shown(&c.path).to_string(),
                 c.fs_type.clone(),
                 yes(c.reflink_from_store),
                 yes(c.hardlink_from_store),

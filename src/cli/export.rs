@@ -7,7 +7,7 @@
 //! `--sync` asks: they are copies of a snapshot that stays in the store, and can be made again.
 
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use snapstore::{Compression, DirExportOptions, ExportOptions, Snapshot, SparseFormat};
@@ -94,21 +94,17 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
         done = export => done?,
         _ = tokio::signal::ctrl_c() => {
             // The dropped export removes its partial archive.
-            anyhow::bail!("interrupted: no archive written to {}", target.display());
+            anyhow::bail!("interrupted: no archive written to {}", snapstore::shown(&target));
         }
     }
     drop(store); // clears the progress bar
     out.note(format_args!(
         "exported {} to {}",
         args.reference,
-        display(&target)
+        snapstore::shown(&target)
     ));
     if out.json {
         out.json(&serde_json::json!({ "path": target }))?;
     }
     Ok(())
-}
-
-fn display(path: &Path) -> String {
-    path.display().to_string()
 }

@@ -36,7 +36,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
             out.line(format!(
                 "{state} {}{id}{file} ({}){detail}",
                 p.kind.as_str(),
-                p.path.display()
+                snapstore::shown(&p.path)
             ))?;
         }
         out.note(format!(

@@ -37,7 +37,11 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
         "removed"
     };
     for r in &report.removed {
-        out.line(format!("{verb} {}: {}", r.kind.as_str(), r.path.display()))?;
+        out.line(format!(
+            "{verb} {}: {}",
+            r.kind.as_str(),
+            snapstore::shown(&r.path)
+        ))?;
     }
     let verb = if report.dry_run {
         "would evict"
@@ -62,7 +66,7 @@ pub(crate) async fn run(store: &LocalFile, args: Args, out: Output) -> Result<()
     for dir in &report.kept_for_fsck {
         out.note(format!(
             "kept {}: no record, but a sidecar; run `snapstore fsck --repair`",
-            dir.display()
+            snapstore::shown(dir)
         ));
     }
     for id in &report.restored_sidecars {

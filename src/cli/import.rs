@@ -45,8 +45,9 @@ pub(crate) async fn run(store: Tracked, args: Args, out: Output) -> Result<()> {
         None => {
             let (input, label): (TarStream, PathBuf) = match args.archive {
                 Some(path) if path.as_os_str() != "-" => {
-                    let file = std::fs::File::open(&path)
-                        .with_context(|| format!("cannot open archive {}", path.display()))?;
+                    let file = std::fs::File::open(&path).with_context(|| {
+                        format!("cannot open archive {}", snapstore::shown(&path))
+                    })?;
                     (Box::new(file), path)
                 }
                 _ => (Box::new(std::io::stdin()), PathBuf::from("<stdin>")),

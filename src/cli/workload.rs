@@ -26,7 +26,8 @@ pub(crate) const FILES: [&str; 4] = ["config.json", "cow.raw", "memory-range-0",
 impl Workload {
     /// Writes the snapshot into the new dir `dir`; returns the disk's data extents.
     pub(crate) fn write(&self, dir: &Path) -> Result<Vec<(u64, u64)>> {
-        std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir(dir)
+            .with_context(|| format!("cannot create {}", snapstore::shown(dir)))?;
         let mut rng = SplitMix64(0x5eed);
 
         // Memory: each 4 KiB page zero or random, about half and half, in 1 MiB writes.
@@ -79,14 +80,14 @@ impl Workload {
             let path = dir.join(name);
             File::open(&path)
                 .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot fsync {}", path.display()))?;
+                .with_context(|| format!("cannot fsync {}", snapstore::shown(&path)))?;
         }
         Ok(extents)
     }
 }
 
 fn create(path: &Path) -> Result<File> {
-    File::create(path).with_context(|| format!("cannot create {}", path.display()))
+    File::create(path).with_context(|| format!("cannot create {}", snapstore::shown(path)))
 }
 
 /// A small, fast, deterministic generator for incompressible data.

@@ -24,6 +24,7 @@ use crate::registry::format::{
 use crate::registry::record::{Blob, ChunkRecord, RecordedChunk, RecordedFile};
 use crate::registry::reference::Reference;
 use crate::registry::window::WindowReader;
+use crate::units::shown;
 
 /// The zstd level of chunk blobs: zstd's default, fast enough to keep up with a network.
 const ZSTD_LEVEL: i32 = 3;
@@ -401,7 +402,7 @@ fn changed(path: &Path, dir: &Path) -> Error {
         path,
         std::io::Error::other(format!(
             "its bytes differ from its chunk record; run `snapstore verify` on {}",
-            dir.display()
+            shown(dir)
         )),
     )
 }
