@@ -156,7 +156,10 @@ fn errors_exit_1_and_name_the_ref_or_path() {
     std::fs::rename(&busy, &hostile).unwrap();
     let err = fails(&root, &["clone", "base", "--to-dir", s(&hostile)]);
     assert!(err.contains("busy\\n\\u{1b}[2Jforged"), "{err}");
-    assert!(!err.contains('\u{1b}') && err.trim_end().lines().count() == 1, "{err}");
+    assert!(
+        !err.contains('\u{1b}') && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]
