@@ -414,23 +414,19 @@ mod tests {
         assert!(bytes[4106..8192].iter().all(|&b| b == 0));
         let segments = crate::clone::sparse::data_segments(&file, 1 << 24).expect("segments");
         assert_eq!(segments.first(), Some(&(0, 2 << 20)), "{segments:?}");
-        let short = place_runs(
-            Box::new(&stream[..100]),
-            &file,
-            &path,
-            &map(vec![[0, 200]], vec![]),
-            false,
-            &Progress::default(),
-        );
-        assert!(matches!(short, Err(Place::Short)));
-        let long = place_runs(
-            Box::new(&stream[..]),
-            &file,
-            &path,
-            &map(vec![[0, 200]], vec![]),
-            false,
-            &Progress::default(),
-        );
-        assert!(matches!(long, Err(Place::Long)));
+        // A stream of other than 200 bytes for a run of 200.
+        let place_200 = |data: &[u8]| {
+            let window = map(vec![[0, 200]], vec![]);
+            place_runs(
+                Box::new(data),
+                &file,
+                &path,
+                &window,
+                false,
+                &Progress::default(),
+            )
+        };
+        assert!(matches!(place_200(&stream[..100]), Err(Place::Short)));
+        assert!(matches!(place_200(&stream[..]), Err(Place::Long)));
     }
 }
