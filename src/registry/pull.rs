@@ -7,8 +7,8 @@
 //! The staging dir is keyed by the manifest's digest and each finished window is noted in a
 //! journal beside it, so a pull that was cut off resumes where it stopped; a noted window is
 //! kept only if its bytes still hash to its digest. The files are fsynced once, whole, before
-//! the commit. The
-//! store commits the files through its one create path; nothing is listed before that.
+//! the commit. The store commits the files through its one create path; nothing is listed
+//! before that.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};

@@ -550,7 +550,6 @@ fn peak_rss(mut command: Command) -> Result<u64> {
     }
 }
 
-/// `sha256:<hex>` of a file's bytes.
 /// The bytes the data files of the snapshots in the store at `root` have allocated.
 fn allocated(root: &Path) -> Result<u64> {
     let mut total = 0;
@@ -563,6 +562,7 @@ fn allocated(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// `sha256:<hex>` of a file's bytes.
 fn file_digest(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path)?;
     let hex: String = Sha256::digest(&bytes)
