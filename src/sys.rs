@@ -1,6 +1,6 @@
 //! The one place snapstore calls the kernel and the C library directly: FICLONE, hard links,
-//! SEEK_DATA/SEEK_HOLE, copy_file_range, hole punching, FIEMAP, flock, statfs, directory fsync,
-//! and glibc's malloc tuning for the CLI.
+//! SEEK_DATA/SEEK_HOLE, copy_file_range, hole punching, O_DIRECT, FIEMAP, flock, statfs,
+//! directory fsync, and glibc's malloc tuning for the CLI.
 //!
 //! Every function is safe, takes `&File` or `&Path` and returns `io::Result`, so the errno reaches
 //! the caller intact. The crate's only `unsafe` calls live here (sync_file_range, FIEMAP, mallopt), each
@@ -130,6 +130,28 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     nix::fcntl::fallocate(file.as_fd(), flags, to_off(offset)?, to_off(len)?)?;
     Ok(())
+}
+
+/// Opens `path` for writing with O_DIRECT (`open(2)`): writes through the returned file go to
+/// the device without passing through the page cache, and must start at, span, and come from
+/// memory aligned to [`DIRECT_ALIGN`]. `direct_unsupported` sorts its errors and those of its
+/// writes.
+pub(crate) fn open_direct(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+/// The alignment snapstore's direct writes keep: the page size, a multiple of every block and
+/// sector size Linux filesystems require for O_DIRECT (btrfs asks for its 4 KiB sector size).
+pub(crate) const DIRECT_ALIGN: usize = 4096;
+
+/// Whether an O_DIRECT open or write failed because the filesystem cannot do it (EINVAL: no
+/// direct I/O, or a stricter alignment than [`DIRECT_ALIGN`]), so the page cache must serve.
+pub(crate) fn direct_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
 }
 
 /// Starts writeback of a file's dirty pages in `offset..offset + len` (a `len` of 0: to the end)

@@ -166,6 +166,29 @@ fn a_round_trip_keeps_bytes_sizes_and_holes_on_xfs() {
     }
 }
 
+/// A pull writes its windows past the page cache (O_DIRECT), as the kernel's page-cache
+/// residency of the pulled disk shows: on XFS direct writes are the kernel's to honour.
+#[test]
+fn a_pull_writes_past_the_page_cache_on_xfs() {
+    let Some(dir) = cow_dir("SNAPSTORE_TEST_XFS") else {
+        return;
+    };
+    let Some((registry, src, one, two)) = saved(dir.path()) else {
+        return;
+    };
+    let target = registry.at("vm/base");
+    push(&one, "base", &target, &["--compress", "none"]);
+    let pulled = pull(&two, &format!("{target}:base"), &[]);
+    let disk = data_dir(&two, pulled["id"].as_str().unwrap()).join("cow.raw");
+    // Before anything reads it: 16 MiB of data written, next to none of it cached.
+    let cached = cached_bytes(&disk);
+    assert!(
+        cached <= MIB,
+        "{cached} bytes of the pulled disk in the page cache"
+    );
+    assert_same_files(&src, disk.parent().unwrap());
+}
+
 /// A child that changed 16 MiB of its parent's disk: its push sends at most two windows, and
 /// a pull next to the parent downloads at most two, the rest cloned from the parent.
 fn child_moves_only_changed_windows(scratch: &Path, shares: bool) {

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::registry::client::{ATTEMPTS, Client, backoff, is_transient_io};
+use crate::registry::dest::{AlignedBuf, Dest};
 use crate::registry::digest::{Digest, Hasher};
 use crate::registry::format::{ChunkMap, Descriptor, LAYER_ZSTD};
 
@@ -27,13 +27,12 @@ pub(crate) enum BlobFailure {
     Invalid(String),
 }
 
-/// Downloads a window's blob into `file`, retrying when the connection breaks; returns the
+/// Downloads a window's blob into `dest`, retrying when the connection breaks; returns the
 /// blob's size.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn download(
     client: &Client,
-    file: &File,
-    path: &Path,
+    dest: &Dest,
     name: &str,
     map: &ChunkMap,
     layers: &HashMap<Digest, &Descriptor>,
@@ -54,7 +53,7 @@ pub(crate) fn download(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match write_window(client, file, path, map, layer, progress) {
+        match write_window(client, dest, map, layer, progress) {
             Ok(()) => return Ok(layer.size),
             Err(Attempt::Transient(_)) if attempt < ATTEMPTS => backoff(attempt, None),
             Err(Attempt::Transient(e) | Attempt::Failed(e)) => return Err(e),
@@ -72,11 +71,10 @@ enum Attempt {
 }
 
 /// One attempt at a window: streams the blob through its sha256 and its decompressor into the
-/// runs' places in `file`, then checks the blob's size and digest and the data's digest.
+/// runs' places in `dest`, then checks the blob's size and digest and the data's digest.
 fn write_window(
     client: &Client,
-    file: &File,
-    path: &Path,
+    dest: &Dest,
     map: &ChunkMap,
     layer: &Descriptor,
     progress: &Progress,
@@ -89,12 +87,12 @@ fn write_window(
     let outcome = {
         let data: Box<dyn Read + '_> = if !raw {
             let decoder = zstd::Decoder::new(&mut counted)
-                .map_err(|e| Attempt::Failed(Error::io("decompress", path, e)))?;
+                .map_err(|e| Attempt::Failed(Error::io("decompress", dest.path(), e)))?;
             Box::new(decoder)
         } else {
             Box::new(&mut counted)
         };
-        place_runs(data, file, path, map, !raw, progress)
+        place_runs(data, dest, map, !raw, progress)
     };
     // However the data ended, the blob's own digest says first whether the registry's copy is
     // the one the manifest names.
@@ -153,20 +151,19 @@ pub(crate) enum Place {
 
 /// Writes the data stream's bytes at the runs' places, hashing them when `hash`; the stream
 /// must hold exactly the runs' bytes. The window's extents (where its source had blocks) are
-/// written whole, zeros between the runs included, in pieces of up to [`WRITE_SIZE`]: the copy
-/// is allocated as its source was, and a window of small runs costs a few large writes, not
-/// one per run. Outside them, holes stay holes.
+/// written whole, zeros between the runs included, in aligned pieces of up to [`WRITE_SIZE`]:
+/// the copy is allocated as its source was, and a window of small runs costs a few large writes,
+/// not one per run. Outside them, holes stay holes.
 pub(crate) fn place_runs(
     mut data: Box<dyn Read + '_>,
-    file: &File,
-    path: &Path,
+    dest: &Dest,
     map: &ChunkMap,
     hash: bool,
     progress: &Progress,
 ) -> std::result::Result<Option<Digest>, Place> {
     let runs = &map.chunk.runs;
     let mut hasher = Hasher::default();
-    let mut buf = vec![0u8; WRITE_SIZE];
+    let mut buf = AlignedBuf::new(WRITE_SIZE);
     // The next run to fill, and where in it the stream stands.
     let mut next = 0;
     let mut at = runs.first().map_or(0, |[start, _]| *start);
@@ -174,15 +171,18 @@ pub(crate) fn place_runs(
         let mut pos = start;
         while pos < start + len {
             let n = (start + len - pos).min(WRITE_SIZE as u64);
-            let piece = &mut buf[..n as usize];
-            piece.fill(0);
+            let piece = &mut buf.as_mut_slice()[..n as usize];
+            // How much of the piece is set; the gaps between runs are zeroed as they are passed.
+            let mut set = 0;
             while let Some(&[run_start, run_len]) = runs.get(next) {
                 let run_end = run_start + run_len;
                 if run_start >= pos + n {
                     break;
                 }
                 let stop = run_end.min(pos + n);
-                let bytes = &mut piece[(at - pos) as usize..(stop - pos) as usize];
+                let (from, to) = ((at - pos) as usize, (stop - pos) as usize);
+                piece[set..from].fill(0);
+                let bytes = &mut piece[from..to];
                 let got = read_full(&mut data, bytes).map_err(Place::Io)?;
                 if got < bytes.len() {
                     return Err(Place::Short);
@@ -191,15 +191,16 @@ pub(crate) fn place_runs(
                     hasher.update(bytes);
                 }
                 progress.advance(got as u64);
-                at = stop;
+                (set, at) = (to, stop);
                 if stop < run_end {
                     break;
                 }
                 next += 1;
                 at = runs.get(next).map_or(at, |[s, _]| *s);
             }
-            file.write_all_at(piece, pos)
-                .map_err(|e| Place::Write(Error::io("write", path, e)))?;
+            piece[set..].fill(0);
+            dest.write_at(piece, pos)
+                .map_err(|e| Place::Write(Error::io("write", dest.path(), e)))?;
             pos += n;
         }
     }
@@ -384,6 +385,7 @@ mod tests {
         let path = dir.path().join("f");
         let file = File::create(&path).expect("create");
         file.set_len(1 << 24).expect("size");
+        let dest = Dest::new(file, path.clone());
         let runs = vec![[4096, 10], [8192, 4096], [3 << 20, 5000]];
         // A run outside every extent is still written; the first extent spans two runs and
         // the zeros between them, and is longer than one write.
@@ -393,8 +395,7 @@ mod tests {
             .collect();
         let placed = place_runs(
             Box::new(&stream[..]),
-            &file,
-            &path,
+            &dest,
             &map(runs.clone(), extents),
             true,
             &Progress::default(),
@@ -412,19 +413,12 @@ mod tests {
         }
         assert!(bytes[..4096].iter().all(|&b| b == 0));
         assert!(bytes[4106..8192].iter().all(|&b| b == 0));
-        let segments = crate::clone::sparse::data_segments(&file, 1 << 24).expect("segments");
+        let segments = crate::clone::sparse::data_segments(dest.file(), 1 << 24).expect("segments");
         assert_eq!(segments.first(), Some(&(0, 2 << 20)), "{segments:?}");
         // A stream of other than 200 bytes for a run of 200.
         let place_200 = |data: &[u8]| {
             let window = map(vec![[0, 200]], vec![]);
-            place_runs(
-                Box::new(data),
-                &file,
-                &path,
-                &window,
-                false,
-                &Progress::default(),
-            )
+            place_runs(Box::new(data), &dest, &window, false, &Progress::default())
         };
         assert!(matches!(place_200(&stream[..100]), Err(Place::Short)));
         assert!(matches!(place_200(&stream[..]), Err(Place::Long)));

@@ -5,13 +5,15 @@
 //!
 //! `format` is the artifact (documented for other tools in `docs/registry-format.md`),
 //! `window` cuts files into data runs, `record` keeps their digests beside a snapshot, `client`
-//! speaks HTTP, `push`, `pull` and `verify` are the three operations. Like `archive`, this sits
+//! speaks HTTP, `blob` takes one blob into its window of a `dest` (a pulled file, written past
+//! the page cache), and `push`, `pull` and `verify` are the three operations. Like `archive`, this sits
 //! below the store and never imports it: a pull fetches into staging, and the store commits it
 //! through its one create path.
 
 mod auth;
 mod blob;
 mod client;
+mod dest;
 mod digest;
 pub(crate) mod format;
 pub(crate) mod pull;

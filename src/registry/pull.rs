@@ -28,6 +28,7 @@ use crate::registry::blob::{
     BlobFailure, Place, RunsReader, download, place_runs, read_blob, runs_digest,
 };
 use crate::registry::client::{Client, Connection};
+use crate::registry::dest::Dest;
 use crate::registry::digest::Digest;
 use crate::registry::format::{
     ArtifactConfig, BLOCK, Chunk, ChunkMap, Descriptor, LAYER_ZSTD, MANIFEST_TYPE,
@@ -264,26 +265,25 @@ impl Artifact {
         progress.add_total(windows.iter().map(|(_, c)| c.chunk.data_len()).sum());
         progress.add_items(windows.len() as u64);
         let got = parallel_on(jobs, &windows, |&(i, map)| {
-            let (file, path) = (&files[i].0, dir.join(&config.files[i].name));
+            let dest = &files[i].0;
             // A window a previous run noted is kept if its bytes on disk are still its digest's:
             // after a power cut they may not be, and then it is fetched again.
             if done.contains(&(i, map.chunk.offset))
-                && runs_digest(file, map, map.chunk.offset).ok() == Some(map.chunk.digest)
+                && runs_digest(dest.file(), map, map.chunk.offset).ok() == Some(map.chunk.digest)
             {
                 progress.advance(map.chunk.data_len());
                 progress.item_done();
                 return Ok(Got::Journaled);
             }
             let from_store = match local.find(map) {
-                Some((src, at)) => clone_local(file, &path, map, src, *at)?,
+                Some((src, at)) => clone_local(dest, map, src, *at)?,
                 None => None,
             };
             let got = match from_store {
                 Some(method) => Got::Local(method, map.chunk.data_len()),
                 None => Got::Downloaded(download(
                     &client,
-                    file,
-                    &path,
+                    dest,
                     &config.files[i].name,
                     map,
                     &layers,
@@ -321,9 +321,10 @@ impl Artifact {
                 _ => method,
             });
         }
-        for ((file, _), f) in files.iter().zip(&config.files) {
-            let path = dir.join(&f.name);
-            file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+        for (dest, _) in &files {
+            dest.file()
+                .sync_all()
+                .map_err(|e| Error::io("fsync", dest.path(), e))?;
         }
         fsutil::fsync_dir(&dir)?;
         let record = record_of(&config, &layers);
@@ -380,7 +381,7 @@ impl Journal {
 
 /// Opens each file of the config in `dir`: a file of a previous run with the right size is
 /// kept (`true`), anything else is made anew at its apparent size, all holes.
-fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(File, bool)>> {
+fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(Dest, bool)>> {
     config
         .files
         .iter()
@@ -394,7 +395,7 @@ fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(File, bool)>> 
                     .write(true)
                     .open(&path)
                     .map_err(|e| Error::io("open", &path, e))?;
-                return Ok((file, true));
+                return Ok((Dest::new(file, path), true));
             }
             fsutil::remove_all(&path)?;
             // Read as well as written: a window cloned from the store is checked where it lands.
@@ -407,7 +408,7 @@ fn open_files(dir: &Path, config: &ArtifactConfig) -> Result<Vec<(File, bool)>> 
                 .map_err(|e| Error::io("create", &path, e))?;
             file.set_len(f.size)
                 .map_err(|e| Error::io("truncate", &path, e))?;
-            Ok((file, false))
+            Ok((Dest::new(file, path), false))
         })
         .collect()
 }
@@ -465,12 +466,12 @@ fn record_of(config: &ArtifactConfig, layers: &HashMap<Digest, &Descriptor>) -> 
 /// copied otherwise, and checked against the window's digest either way. `None` when the local
 /// bytes are not what the record promised (the window is then downloaded over them).
 fn clone_local(
-    dst: &File,
-    dst_path: &Path,
+    dest: &Dest,
     map: &ChunkMap,
     src_path: &Path,
     src_offset: u64,
 ) -> Result<Option<CloneMethod>> {
+    let (dst, dst_path) = (dest.file(), dest.path());
     let chunk = &map.chunk;
     let Ok(src) = File::open(src_path) else {
         return Ok(None);
@@ -498,7 +499,7 @@ fn clone_local(
         }
     } else {
         let runs = Box::new(RunsReader::new(&src, map, src_offset));
-        match place_runs(runs, dst, dst_path, map, true, &quiet) {
+        match place_runs(runs, dest, map, true, &quiet) {
             Ok(Some(digest)) => digest,
             Err(Place::Write(e)) => return Err(e),
             Ok(None) | Err(_) => return Ok(None),

@@ -190,6 +190,39 @@ pub fn data_segments(path: &Path) -> Vec<(u64, u64)> {
     segments
 }
 
+/// Bytes of `path` held in the page cache, as mincore(2) reports them: the kernel's word on
+/// whether a write went through the cache or past it.
+#[allow(unsafe_code)] // mmap and mincore, with the SAFETY note below
+pub fn cached_bytes(path: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    let page = 4096;
+    let mut resident = vec![0u8; len.div_ceil(page)];
+    // SAFETY: a read-only shared mapping of `len` bytes of an open file, never dereferenced
+    // (mincore only asks the kernel which of its pages are cached), and unmapped before return;
+    // `resident` holds one byte per page of it, as mincore requires.
+    let rc = unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
+        let rc = libc::mincore(addr, len, resident.as_mut_ptr());
+        libc::munmap(addr, len);
+        rc
+    };
+    assert_eq!(rc, 0, "mincore {}", path.display());
+    resident.iter().filter(|&&b| b & 1 == 1).count() as u64 * page as u64
+}
+
 /// Whether two files have the same size and bytes. Reads only the data segments of each (a
 /// hole reads as zeros in the other), so a 64 GiB sparse file costs what its data costs.
 pub fn same_file(a: &Path, b: &Path) -> bool {
