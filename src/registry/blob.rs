@@ -29,7 +29,6 @@ pub(crate) enum BlobFailure {
 
 /// Downloads a window's blob into `dest`, retrying when the connection breaks; returns the
 /// blob's size.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn download(
     client: &Client,
     dest: &Dest,

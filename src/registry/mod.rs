@@ -3,12 +3,12 @@
 //! child shares every unchanged window's blob with its parent, deduplicated against what the
 //! registry and the local store already hold, resumable, and checked blob by blob.
 //!
-//! `format` is the artifact (documented for other tools in `docs/registry-format.md`),
-//! `window` cuts files into data runs, `record` keeps their digests beside a snapshot, `client`
-//! speaks HTTP, `blob` takes one blob into its window of a `dest` (a pulled file, written past
-//! the page cache), and `push`, `pull` and `verify` are the three operations. Like `archive`, this sits
-//! below the store and never imports it: a pull fetches into staging, and the store commits it
-//! through its one create path.
+//! `format` is the artifact (documented for other tools in `docs/registry-format.md`), `window`
+//! cuts files into data runs, `record` keeps their digests beside a snapshot, `client` speaks
+//! HTTP, `blob` takes one blob into its window of a `dest` (a pulled file, written past the
+//! page cache), and `push`, `pull` and `verify` are the three operations. Like `archive`, this
+//! sits below the store and never imports it: a pull fetches into staging, and the store
+//! commits it through its one create path.
 
 mod auth;
 mod blob;
