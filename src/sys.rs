@@ -1,5 +1,5 @@
 //! The one place snapstore calls the kernel and the C library directly: FICLONE, hard links,
-//! SEEK_DATA/SEEK_HOLE, copy_file_range, hole punching, O_DIRECT, FIEMAP, flock, statfs,
+//! SEEK_DATA/SEEK_HOLE, copy_file_range, fallocate, O_DIRECT, FIEMAP, flock, statfs,
 //! directory fsync, and glibc's malloc tuning for the CLI.
 //!
 //! Every function is safe, takes `&File` or `&Path` and returns `io::Result`, so the errno reaches
@@ -130,6 +130,21 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     nix::fcntl::fallocate(file.as_fd(), flags, to_off(offset)?, to_off(len)?)?;
     Ok(())
+}
+
+/// Allocates `len` bytes at `offset` without writing them, keeping the file's size
+/// (`fallocate(2)` with KEEP_SIZE): they read as zeros, and the filesystem can place the range
+/// in one piece before writes fill it. `allocate_unsupported` sorts its errors.
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::FallocateFlags;
+    let flags = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(file.as_fd(), flags, to_off(offset)?, to_off(len)?)?;
+    Ok(())
+}
+
+/// Whether `allocate` failed because the filesystem has no fallocate (EOPNOTSUPP).
+pub(crate) fn allocate_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP))
 }
 
 /// Opens `path` for writing with O_DIRECT (`open(2)`): writes through the returned file go to

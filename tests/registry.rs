@@ -166,28 +166,36 @@ fn a_round_trip_keeps_bytes_sizes_and_holes_on_xfs() {
     }
 }
 
-/// A pull writes its windows past the page cache (O_DIRECT), as the kernel's page-cache
-/// residency of the pulled disk shows. On XFS, as on ext4; btrfs serves a direct write of
-/// checksummed data through the cache, so there the residency would say nothing.
+/// A pull writes its windows past the page cache (O_DIRECT), and each window's region in one
+/// piece, as the kernel shows: the page-cache residency of the pulled memory, and its extents.
+/// On XFS, as on ext4; btrfs serves a direct write of checksummed data through the cache, so
+/// there the residency would say nothing.
 #[test]
-fn a_pull_writes_past_the_page_cache_on_xfs() {
+fn a_pull_writes_past_the_page_cache_and_each_window_in_one_piece_on_xfs() {
     let Some(dir) = cow_dir("SNAPSTORE_TEST_XFS") else {
         return;
     };
-    let Some((registry, src, one, two)) = saved(dir.path()) else {
+    let Some(registry) = Registry::start() else {
         return;
     };
+    // Memory written whole, as a hypervisor dumps it: one extent of four windows.
+    let src = source(&dir.path().join("src"));
+    let memory = src.join("memory-range-0");
+    std::fs::remove_file(&memory).unwrap();
+    sparse_file(&memory, 4 * WINDOW, &[(0, 4 * WINDOW)]);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    save(&one, &src, "base");
     let target = registry.at("vm/base");
     push(&one, "base", &target, &["--compress", "none"]);
-    let pulled = pull(&two, &format!("{target}:base"), &[]);
-    let disk = data_dir(&two, pulled["id"].as_str().unwrap()).join("cow.raw");
-    // Before anything reads it: 16 MiB of data written, next to none of it cached.
-    let cached = cached_bytes(&disk);
-    assert!(
-        cached <= MIB,
-        "{cached} bytes of the pulled disk in the page cache"
-    );
-    assert_same_files(&src, disk.parent().unwrap());
+    let pulled = pull(&two, &format!("{target}:base"), &["--jobs", "4"]);
+    let copy = data_dir(&two, pulled["id"].as_str().unwrap());
+    // Before anything reads it: 64 MiB written, next to none of it cached.
+    let cached = cached_bytes(&copy.join("memory-range-0"));
+    assert!(cached <= MIB, "{cached} bytes of the pulled memory cached");
+    // Four windows written at once, yet no window's region split up on disk.
+    let extents = filefrag_extents(&copy.join("memory-range-0"));
+    assert!(extents.len() <= 4, "{} extents: {extents:?}", extents.len());
+    assert_same_files(&src, &copy);
 }
 
 /// A child that changed 16 MiB of its parent's disk: its push sends at most two windows, and

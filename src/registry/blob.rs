@@ -167,6 +167,8 @@ pub(crate) fn place_runs(
     let mut next = 0;
     let mut at = runs.first().map_or(0, |[start, _]| *start);
     for [start, len] in regions(&map.chunk.runs, &map.chunk.extents) {
+        dest.allocate(start, len)
+            .map_err(|e| Place::Write(Error::io("allocate", dest.path(), e)))?;
         let mut pos = start;
         while pos < start + len {
             let n = (start + len - pos).min(WRITE_SIZE as u64);

@@ -14,6 +14,7 @@
 
 mod extents;
 mod index;
+mod measure;
 mod ops;
 mod registry;
 mod render;

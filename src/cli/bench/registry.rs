@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use super::measure::{
+    allocated, extent_count, file_digest, fill_random, peak_rss, shared_bytes, write_random,
+};
 use super::render::{Row, pct};
 use super::timing::{Stats, output, time, time_all};
 use crate::cli::human_bytes;
@@ -319,7 +321,6 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
         empty();
         let peak = peak_rss(self.snap(&other, &["pull", &target]))?;
         let written = allocated(&other)?;
-        empty();
         let note = format!(
             "into an empty store, fsynced; {} allocated, as the source (zero pages of memory \
              written, not holes); peak RSS {}",
@@ -329,6 +330,49 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
         let base = format!("curl GET of {} && sync", human_bytes(data_bytes));
         self.row(
             "pull --compress none",
+            stats[0],
+            Some((base, stats[1])),
+            note,
+        );
+        let cloned = self.clone_pulled(&other);
+        empty();
+        cloned
+    }
+
+    /// A clone of the snapshot pulled into `other`, against a clone of the one it was pushed
+    /// from: whether the pulled copy is laid out as its source was, in the one operation where
+    /// that shows, and in how many extents its memory came.
+    fn clone_pulled(&mut self, other: &Path) -> Result<()> {
+        let dst = self.dir.join("clone-dst");
+        let clean = || drop(std::fs::remove_dir_all(&dst));
+        let clone = |root: &Path| {
+            let mut c = self.snap(root, &["clone", "bench", "--to-dir"]);
+            c.arg(&dst);
+            c
+        };
+        let stats = time_all(
+            self.runs,
+            &[(&clean, &|| clone(other)), (&clean, &|| clone(self.root))],
+        )?;
+        clean();
+        let extents = |root: &Path| -> Result<String> {
+            let record: Value =
+                serde_json::from_slice(&output(self.snap(root, &["inspect", "bench"]))?)?;
+            let id = record["id"].as_str().context("inspect gave no id")?;
+            let memory = snapstore::Layout::new(root)
+                .data_root()
+                .join(id)
+                .join("memory-range-0");
+            Ok(extent_count(&memory).map_or_else(|| "-".into(), |n| n.to_string()))
+        };
+        let note = format!(
+            "memory-range-0 in {} extents (FIEMAP), the source's in {}",
+            extents(other)?,
+            extents(self.root)?
+        );
+        let base = "clone of the snapshot it was pushed from".to_string();
+        self.row(
+            "clone, the pulled snapshot",
             stats[0],
             Some((base, stats[1])),
             note,
@@ -502,99 +546,4 @@ fn recorded_data(record: &Path) -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// Bytes of `path` that `filefrag -v` flags shared; `None` without filefrag.
-fn shared_bytes(path: &Path) -> Option<u64> {
-    let out = Command::new("filefrag").arg("-v").arg(path).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let block: u64 = text
-        .split("blocksize of ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(4096);
-    Some(
-        text.lines()
-            .filter(|l| l.contains("shared"))
-            .filter_map(|l| l.split(':').nth(3)?.trim().parse::<u64>().ok())
-            .sum::<u64>()
-            * block,
-    )
-}
-
-/// Runs `command` to completion, sampling its peak resident memory (VmHWM) every 10 ms.
-fn peak_rss(mut command: Command) -> Result<u64> {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let status = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kib * 1024);
-        }
-        if let Some(exit) = child.try_wait()? {
-            if !exit.success() {
-                bail!("{command:?} failed");
-            }
-            return Ok(peak);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The bytes the data files of the snapshots in the store at `root` have allocated.
-fn allocated(root: &Path) -> Result<u64> {
-    let mut total = 0;
-    for dir in std::fs::read_dir(snapstore::Layout::new(root).data_root())? {
-        let dir = dir?;
-        for file in std::fs::read_dir(dir.path()).into_iter().flatten() {
-            total += std::os::unix::fs::MetadataExt::blocks(&file?.metadata()?) * 512;
-        }
-    }
-    Ok(total)
-}
-
-/// `sha256:<hex>` of a file's bytes.
-fn file_digest(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path)?;
-    let hex: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("sha256:{hex}"))
-}
-
-/// A file of `len` incompressible bytes.
-fn write_random(path: &Path, len: u64) -> Result<()> {
-    let file = std::fs::File::create(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        fill_random(&mut buf[..n], at);
-        file.write_all_at(&buf[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
-}
-
-/// Deterministic incompressible bytes (SplitMix64), seeded by `seed`.
-fn fill_random(buf: &mut [u8], seed: u64) {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    for word in buf.chunks_mut(8) {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
-    }
 }
