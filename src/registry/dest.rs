@@ -4,10 +4,10 @@
 //! rest (small pieces, a file's last partial block, a filesystem without direct I/O) goes
 //! through the cache.
 //!
-//! On the bench snapshot (a loopback registry, alternating pulls, medians), writing past the
-//! cache took a pull on XFS from 3.3 s to 1.85 s and the whole machine's CPU time for it from
-//! 5.2 to 2.4 seconds; on ext4 from 2.58 s to 1.93 s; on btrfs, whose kernel serves a direct
-//! write of checksummed data through the cache after all, from 2.96 s to 2.44 s.
+//! On the bench snapshot (a loopback registry, five alternating pulls, medians), writing past
+//! the cache took a pull on XFS from 2.58 s to 1.74 s, and the whole machine's CPU time for it
+//! from 3.1–5.7 to 2.1–2.4 seconds; on ext4 from 2.69 s to 1.69 s; on btrfs, whose kernel
+//! serves a direct write of checksummed data through the cache after all, from 2.33 s to 2.18 s.
 //!
 //! Both handles name one inode, so the kernel keeps what they write coherent, and one fsync of
 //! the file makes both durable.
