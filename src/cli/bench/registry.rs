@@ -1,7 +1,8 @@
 //! The registry rows: the bench snapshot pushed to and pulled from a `docker-registry` started
-//! on loopback for the run, against `curl` moving the same bytes as one blob (the wire limit),
-//! and a child with 16 MiB changed pushed and pulled beside its parent. Peak memory of push and
-//! pull is sampled from `/proc/PID/status` (VmHWM) every 10 ms while they run.
+//! on loopback for the run, against `curl` moving the same bytes as one blob (the wire limit);
+//! the pulled snapshot cloned against the one it was pushed from; and a child with 16 MiB
+//! changed pushed and pulled beside its parent. Peak memory of push and pull is sampled from
+//! `/proc/PID/status` (VmHWM) every 10 ms while they run.
 
 use std::cell::Cell;
 use std::net::{TcpListener, TcpStream};
