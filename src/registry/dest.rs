@@ -64,7 +64,7 @@ impl Dest {
     /// (301 extents for the bench's memory on XFS, where its source has one). Allocated first,
     /// a region lies in one piece, and a clone of the pulled file costs what its source's does.
     pub(crate) fn allocate(&self, pos: u64, len: u64) -> io::Result<()> {
-        if self.direct.is_none() || len < DIRECT_MIN as u64 {
+        if !self.direct_ok.load(Ordering::Relaxed) || len < DIRECT_MIN as u64 {
             return Ok(());
         }
         match sys::allocate(&self.file, pos, len) {

@@ -148,13 +148,16 @@ impl Bench<'_> {
 
     /// `R/snapshot/localfile/ID.chunks` of snapshot `name`.
     fn record_file(&self, name: &str) -> Result<PathBuf> {
-        let record: Value =
-            serde_json::from_slice(&output(self.snap(self.root, &["inspect", name]))?)?;
+        let (data_root, id) = self.located(self.root, name)?;
+        Ok(data_root.join(format!("{id}.chunks")))
+    }
+
+    /// The data root of the store at `root`, and the ID of its snapshot `name`, as `inspect`
+    /// gives it.
+    fn located(&self, root: &Path, name: &str) -> Result<(PathBuf, String)> {
+        let record: Value = serde_json::from_slice(&output(self.snap(root, &["inspect", name]))?)?;
         let id = record["id"].as_str().context("inspect gave no id")?;
-        Ok(self
-            .root
-            .join("snapshot/localfile")
-            .join(format!("{id}.chunks")))
+        Ok((snapstore::Layout::new(root).data_root(), id.to_string()))
     }
 
     fn row(&mut self, op: &str, ours: Stats, base: Option<(String, Stats)>, note: String) {
@@ -357,13 +360,8 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
         )?;
         clean();
         let extents = |root: &Path| -> Result<String> {
-            let record: Value =
-                serde_json::from_slice(&output(self.snap(root, &["inspect", "bench"]))?)?;
-            let id = record["id"].as_str().context("inspect gave no id")?;
-            let memory = snapstore::Layout::new(root)
-                .data_root()
-                .join(id)
-                .join("memory-range-0");
+            let (data_root, id) = self.located(root, "bench")?;
+            let memory = data_root.join(id).join("memory-range-0");
             Ok(extent_count(&memory).map_or_else(|| "-".into(), |n| n.to_string()))
         };
         let note = format!(
