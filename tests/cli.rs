@@ -492,7 +492,17 @@ fn on_a_terminal(root: &Path, args: &str, tmp: &Path) -> String {
         .status()
         .expect("script(1) runs");
     assert!(status.success(), "{command}");
-    std::fs::read_to_string(&log).unwrap()
+    // script(1) frames the log with lines that quote the command, whose temp
+    // paths can spell anything ("/tmp/.tmpFE0WNB/src" holds "B/s"): only what
+    // the program wrote is kept.
+    std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            !line.starts_with("Script started on ") && !line.starts_with("Script done on ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
