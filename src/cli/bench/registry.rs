@@ -296,16 +296,23 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
     }
 
     /// A pull of the uncompressed artifact into an empty store, against curl downloading the
-    /// same number of bytes as one blob into a file, then fsyncing it.
+    /// same number of bytes as one blob into a file, then fsyncing it; and against curl
+    /// downloading the artifact's own blobs, as many at a time as the pull, each into a file,
+    /// then fsyncing them: what the registry's work for each blob costs, apart from the pull's.
     fn fresh_pull_raw(&mut self, data_bytes: u64) -> Result<()> {
         let target = format!("{}/bench/raw:bench", self.server.host());
-        output(self.snap(self.root, &["push", "bench", &target, "--compress", "none"]))?;
+        let pushed =
+            output(self.snap(self.root, &["push", "bench", &target, "--compress", "none"]))?;
+        let manifest = String::from_utf8_lossy(&pushed).trim().to_string();
+        let blobs = self.blobs("bench/raw", &manifest)?;
         let blob = self.dir.join("curl-blob");
         let digest = file_digest(&blob)?;
         output(self.curl_upload(&blob, &digest))?;
         let repo = format!("bench/curl-{}", self.fresh.get());
         let other = self.dir.join("pull-root");
         let got = self.dir.join("curl-got");
+        let each = self.dir.join("curl-each");
+        let jobs = snapstore::PullOptions::default().jobs;
         let empty = || drop(std::fs::remove_dir_all(&other));
         let stats = time_all(
             self.runs,
@@ -320,8 +327,29 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
                         .arg(&got);
                     c
                 }),
+                (
+                    &|| {
+                        let _ = std::fs::remove_dir_all(&each);
+                        let _ = std::fs::create_dir(&each);
+                    },
+                    &|| {
+                        let mut c = Command::new("sh");
+                        c.arg("-c")
+                            .arg(r#"dir=$1; shift; curl "$@" && sync "$dir"/*"#)
+                            .arg("sh")
+                            .arg(&each)
+                            .args(["-sSf", "--no-progress-meter", "--parallel"])
+                            .args(["--parallel-max", &jobs.to_string()]);
+                        for (i, digest) in blobs.iter().enumerate() {
+                            c.arg(self.url(&format!("/v2/bench/raw/blobs/{digest}")));
+                            c.arg("-o").arg(each.join(i.to_string()));
+                        }
+                        c
+                    },
+                ),
             ],
         )?;
+        let _ = std::fs::remove_dir_all(&each);
         empty();
         let peak = peak_rss(self.snap(&other, &["pull", &target]))?;
         let written = allocated(&other)?;
@@ -337,6 +365,16 @@ curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data
             stats[0],
             Some((base, stats[1])),
             note,
+        );
+        let base = format!(
+            "curl GET of the same {} blobs, {jobs} at a time, && sync",
+            blobs.len()
+        );
+        self.row(
+            "pull --compress none",
+            stats[0],
+            Some((base, stats[2])),
+            "the same pulls: the baseline pays the registry's work for each blob too".into(),
         );
         let cloned = self.clone_pulled(&other);
         empty();
