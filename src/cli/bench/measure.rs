@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use sha2::{Digest, Sha256};
 
+use crate::cli::workload::SplitMix64;
+
 /// Bytes of `path` that `filefrag -v` flags shared; `None` without filefrag.
 pub(super) fn shared_bytes(path: &Path) -> Option<u64> {
     let out = Command::new("filefrag").arg("-v").arg(path).output().ok()?;
@@ -83,10 +85,12 @@ pub(super) fn allocated(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// `sha256:<hex>` of a file's bytes.
+/// `sha256:<hex>` of a file's bytes, read as a stream.
 pub(super) fn file_digest(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path)?;
-    let hex: String = Sha256::digest(&bytes)
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    let hex: String = hasher
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -109,13 +113,5 @@ pub(super) fn write_random(path: &Path, len: u64) -> Result<()> {
 
 /// Deterministic incompressible bytes (SplitMix64), seeded by `seed`.
 pub(super) fn fill_random(buf: &mut [u8], seed: u64) {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    for word in buf.chunks_mut(8) {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
-    }
+    SplitMix64(seed ^ 0x9e37_79b9_7f4a_7c15).fill(buf);
 }
